@@ -1,0 +1,44 @@
+# d2ext: `make demo` and `make test` set everything up from nothing (see README.md).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DETECTRON2_WHEEL := sal-detectron2==0.7.2
+STAMP := $(VENV)/.d2ext-setup-done
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all test-slow benchmark clean
+
+setup: $(STAMP)
+
+# The stamp depends on the pin files, so a second `make setup` does nothing unless they change.
+$(STAMP): requirements.txt setup.py Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip<26" wheel
+	$(PIP) install -q -r requirements.txt
+	# Detectron2 ships only a cp310 wheel on the package index; its Python code runs on 3.11
+	# (the compiled _C extension does not load, so d2ext never needs it).
+	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
+		--upgrade --target "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		$(DETECTRON2_WHEEL)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -c "import detectron2, d2ext; print('detectron2', detectron2.__version__, 'd2ext ok')"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) tools/demo.py --output output/demo
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) tests
+
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+benchmark: setup
+	$(PY) tools/benchmark.py --list
+
+clean:
+	rm -rf $(VENV) build *.egg-info output

@@ -1,0 +1,81 @@
+"""The d2ext Trainer: Detectron2's ``DefaultTrainer`` with task-aware data and evaluation.
+
+Differences from ``DefaultTrainer``, each for a reason:
+- the dataset mapper comes from ``cfg.INPUT.DATASET_MAPPER_NAME`` (classification and
+  segmentation need their own), the evaluator from the dataset's ``evaluator_type``;
+- multi-process training works on CPU: Detectron2 wraps the model in DDP with
+  ``device_ids=[local_rank]``, which DDP rejects for CPU modules, so we pass ``device_ids=None``
+  when the model is not on a GPU (gloo backend, as ``launch`` picks without CUDA).
+"""
+import logging
+import os
+import weakref
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_d2ext_config
+from ..data import build_dataset_mapper
+from ..evaluation import build_evaluator
+
+__all__ = ["Trainer", "setup_cfg"]
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        logger = logging.getLogger("detectron2")
+        if not logger.isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        on_gpu = next(model.parameters()).is_cuda
+        ddp_kwargs = {} if on_gpu else {"device_ids": None}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+
+def setup_cfg(config_file: str = "", opts=(), freeze: bool = True):
+    """``get_cfg()`` + d2ext keys + a YAML file + command-line ``opts``; CPU when there is no GPU."""
+    cfg = get_cfg()
+    add_d2ext_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if freeze:
+        cfg.freeze()
+    return cfg

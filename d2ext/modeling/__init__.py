@@ -1,0 +1,2 @@
+"""Backbones, meta-architectures and heads; importing this registers them all."""
+from . import backbone, heads, meta_arch  # noqa: F401

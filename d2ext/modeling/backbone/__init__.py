@@ -1,0 +1,1 @@
+"""d2ext backbone modules; each registers itself on import."""

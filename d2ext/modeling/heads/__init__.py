@@ -1,0 +1,1 @@
+"""d2ext heads modules; each registers itself on import."""

@@ -1,0 +1,1 @@
+"""d2ext meta_arch modules; each registers itself on import."""

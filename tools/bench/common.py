@@ -1,0 +1,54 @@
+"""Shared pieces of the benchmark harness: the result row and measuring helpers.
+
+A benchmark module in ``tools/bench/`` defines ``ROWS = {"name": fn}`` (and optionally
+``add_arguments(parser)`` for its options); ``fn(args)`` returns a list of :class:`Result`.
+"""
+import gc
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    unit: str
+    peer: Optional[str] = None  # what we compare against, e.g. "torchvision ssd300_vgg16"
+    peer_value: Optional[float] = None
+    notes: str = ""
+    ratio: Optional[float] = field(default=None)
+
+    def __post_init__(self):
+        if self.ratio is None and self.peer_value not in (None, 0):
+            self.ratio = float(self.value) / float(self.peer_value)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in ("name", "value", "unit", "peer", "peer_value", "ratio", "notes")}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
+
+
+def children_peak_rss_mb() -> float:
+    """Peak resident memory of the largest finished child process, in MiB."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def time_call(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> List[float]:
+    """Wall-clock seconds of ``repeat`` calls after ``warmup`` calls (GC run before each)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""Speed and quality figures of d2ext, one row group at a time.
+
+    tools/benchmark.py --list
+    tools/benchmark.py ROW [ROW ...] [--json FILE] [row options]
+
+Row groups live in ``tools/bench/*.py`` (each defines ``ROWS`` and maybe ``add_arguments``).
+Every run prints a table and, with ``--json``, writes a list of
+``{"name", "value", "unit", "peer", "peer_value", "ratio", "notes"}`` objects.
+"""
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools import bench  # noqa: E402
+
+
+def _row_modules():
+    for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
+        if info.name != "common":
+            yield importlib.import_module(f"tools.bench.{info.name}")
+
+
+def _fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def print_table(results):
+    from tabulate import tabulate
+
+    rows = [[r.name, _fmt(r.value), r.unit, r.peer or "-", _fmt(r.peer_value), _fmt(r.ratio), r.notes]
+            for r in results]
+    print(tabulate(rows, headers=["row", "value", "unit", "peer", "peer value", "ratio", "notes"]))
+
+
+def write_json(results, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump([r.to_json() for r in results], f, indent=2)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rows", nargs="*", help="row groups to run (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the row groups and exit")
+    parser.add_argument("--json", help="write the results here as JSON")
+    registry = {}
+    for mod in _row_modules():
+        if hasattr(mod, "add_arguments"):
+            mod.add_arguments(parser)
+        for name, fn in mod.ROWS.items():
+            registry[name] = fn
+    args = parser.parse_args(argv)
+    if args.list or not args.rows:
+        for name in sorted(registry):
+            doc = (registry[name].__doc__ or "").strip().splitlines()
+            print(f"{name:28s} {doc[0] if doc else ''}")
+        return 0
+    unknown = [r for r in args.rows if r not in registry]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}; known: {sorted(registry)}")
+    results = []
+    for name in args.rows:
+        results.extend(registry[name](args))
+    print_table(results)
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cli():
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
