@@ -1,2 +1,2 @@
 """Backbones, meta-architectures and heads; importing this registers them all."""
-from . import backbone, heads, meta_arch  # noqa: F401
+from . import backbone, heads, meta_arch, weight_import  # noqa: F401
