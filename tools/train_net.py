@@ -20,14 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-
-
-def register_real_datasets():
-    try:
-        from converters.builtin import register_builtin_datasets
-    except ImportError:  # converters not installed: only synthetic datasets are available
-        return
-    register_builtin_datasets()
+from tools._common import register_real_datasets  # noqa: E402
 
 
 def setup(args):

@@ -1,6 +1,8 @@
 """Dataset mappers and built-in (synthetic) datasets."""
 from .mappers import DATASET_MAPPER_REGISTRY, build_dataset_mapper
 from .synthetic import register_shapes
+from .synthetic_seg import register_synthetic_seg
 from . import builtin  # noqa: F401  (registers the built-in synthetic datasets)
+from . import classification  # noqa: F401  (classification mapper, digits dataset)
 
-__all__ = ["DATASET_MAPPER_REGISTRY", "build_dataset_mapper", "register_shapes"]
+__all__ = ["DATASET_MAPPER_REGISTRY", "build_dataset_mapper", "register_shapes", "register_synthetic_seg"]

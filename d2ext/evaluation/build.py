@@ -9,7 +9,7 @@ Each evaluator family registers a builder for the ``evaluator_type`` strings it 
 from typing import Callable, Dict
 
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 
 __all__ = ["register_evaluator", "build_evaluator", "registered_evaluator_types"]
 
@@ -61,8 +61,3 @@ def _build_coco(cfg, dataset_name, output_folder):
         output_dir=output_folder,
         use_fast_impl=cfg.TEST.COCO_USE_FAST_IMPL,
     )
-
-
-@register_evaluator("sem_seg")
-def _build_sem_seg(cfg, dataset_name, output_folder):
-    return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)

@@ -1,1 +1,4 @@
 """d2ext meta_arch modules; each registers itself on import."""
+from . import ssd  # noqa: F401
+from . import yolo  # noqa: F401
+from . import classifier  # noqa: F401

@@ -1,0 +1,1 @@
+"""Small shared utilities (visualisation, atomic file writes)."""

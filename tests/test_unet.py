@@ -1,0 +1,166 @@
+"""U-Net head + classic encoder through Detectron2's SemanticSegmentor, on synthetic data."""
+import numpy as np
+import pytest
+import torch
+
+import d2ext  # noqa: F401  (registers backbone, head, evaluator)
+from d2ext.data import register_synthetic_seg
+from d2ext.data.synthetic_seg import generate_synthetic_seg
+from d2ext.engine import Trainer, setup_cfg
+from d2ext.evaluation.classical import evaluate_classical
+from d2ext.modeling.backbone.unet_encoder import UNetEncoder
+from d2ext.modeling.heads.unet import UNetHead, soft_dice_loss
+from detectron2.modeling import build_model
+
+SMALL_UNET = [
+    "MODEL.META_ARCHITECTURE", "SemanticSegmentor",
+    "MODEL.BACKBONE.NAME", "build_unet_encoder_backbone",
+    "MODEL.SEM_SEG_HEAD.NAME", "UNetHead",
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["enc1", "enc2", "enc3"],
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 2,
+    "MODEL.SEM_SEG_HEAD.NORM", "BN",
+    "MODEL.UNET.ENCODER_CHANNELS", [8, 16, 32],
+    "MODEL.UNET.DECODER_CHANNELS", [16, 8],
+    "MODEL.PIXEL_MEAN", [120.0, 120.0, 120.0],
+    "MODEL.PIXEL_STD", [50.0, 50.0, 50.0],
+]
+R34_UNET = [
+    "MODEL.META_ARCHITECTURE", "SemanticSegmentor",
+    "MODEL.BACKBONE.NAME", "build_resnet_backbone",
+    "MODEL.BACKBONE.FREEZE_AT", 0,
+    "MODEL.RESNETS.DEPTH", 34,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
+    "MODEL.RESNETS.NORM", "BN",
+    "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"],
+    "MODEL.SEM_SEG_HEAD.NAME", "UNetHead",
+    "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res3", "res4", "res5"],
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3,
+    "MODEL.SEM_SEG_HEAD.NORM", "BN",
+    "MODEL.UNET.DECODER_CHANNELS", [64, 32, 16, 16, 8],
+]
+
+
+def test_classic_unet_has_about_31m_parameters():
+    # Ronneberger et al. 2015: 64 -> 1024 channels; about 31M weights for 2 classes.
+    enc = UNetEncoder(3, (64, 128, 256, 512, 1024), norm="")
+    head = UNetHead(enc.output_shape(), num_classes=2, decoder_channels=[512, 256, 128, 64], norm="")
+    n = sum(p.numel() for m in (enc, head) for p in m.parameters())
+    assert 31.0e6 < n < 31.1e6
+    assert {k: (v.channels, v.stride) for k, v in enc.output_shape().items()} == {
+        "enc1": (64, 1), "enc2": (128, 2), "enc3": (256, 4), "enc4": (512, 8), "enc5": (1024, 16)}
+
+
+@pytest.mark.parametrize("opts", [SMALL_UNET, SMALL_UNET + ["MODEL.UNET.UPSAMPLE", "bilinear"], R34_UNET],
+                         ids=["classic-small", "bilinear", "R34"])
+def test_odd_sizes_give_logits_at_input_size(opts):
+    torch.manual_seed(0)
+    model = build_model(setup_cfg("", opts + ["MODEL.DEVICE", "cpu"]))
+    k = model.sem_seg_head.num_classes
+    images = [torch.randint(0, 255, (3, 301, 257)).float(), torch.randint(0, 255, (3, 45, 67)).float()]
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": im} for im in images])
+    assert [tuple(o["sem_seg"].shape) for o in out] == [(k, 301, 257), (k, 45, 67)]
+    model.train()
+    targets = [torch.randint(0, k, im.shape[1:]) for im in images]
+    targets[1][:10] = 255
+    losses = model([{"image": im, "sem_seg": t} for im, t in zip(images, targets)])
+    assert set(losses) == {"loss_sem_seg"} and torch.isfinite(losses["loss_sem_seg"])
+    losses["loss_sem_seg"].backward()
+
+
+def test_head_crops_to_targets_and_checks_config():
+    enc = UNetEncoder(3, (4, 8), norm="")
+    head = UNetHead(enc.output_shape(), num_classes=3, decoder_channels=[4], loss_type="ce+dice")
+    feats = enc(torch.randn(2, 3, 9, 11))  # ceil pooling: enc2 is 5x6, decoded to 10x12
+    assert feats["enc2"].shape[-2:] == (5, 6)
+    head.eval()
+    logits, losses = head(feats)
+    assert logits.shape == (2, 3, 9, 11) and losses == {}
+    head.train()
+    logits, losses = head(feats, torch.zeros(2, 9, 11, dtype=torch.long))
+    assert logits.shape == (2, 3, 9, 11) and set(losses) == {"loss_sem_seg", "loss_dice"}
+    with pytest.raises(ValueError, match="need 1 decoder blocks"):
+        UNetHead(enc.output_shape(), num_classes=3, decoder_channels=[4, 4])
+    with pytest.raises(ValueError, match="loss_type"):
+        UNetHead(enc.output_shape(), num_classes=3, decoder_channels=[4], loss_type="focal")
+
+
+def test_soft_dice_loss_values_and_ignore():
+    t = torch.tensor([[[0, 1], [1, 255]]])
+    perfect = 50.0 * torch.nn.functional.one_hot(torch.tensor([[[0, 1], [1, 0]]]), 2).permute(0, 3, 1, 2).float()
+    assert soft_dice_loss(perfect, t, smooth=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    # Uniform probabilities: class 0 has 1 pixel, class 1 two; 3 valid pixels with p = 0.5.
+    uniform = torch.zeros(1, 2, 2, 2)
+    expected = 1 - ((2 * 0.5) / (1.5 + 1) + (2 * 1.0) / (1.5 + 2)) / 2
+    assert soft_dice_loss(uniform, t, smooth=0.0).item() == pytest.approx(expected)
+    changed = perfect.clone()
+    changed[0, :, 1, 1] = torch.tensor([-9.0, 9.0])  # only the ignored pixel differs
+    assert soft_dice_loss(changed, t).item() == pytest.approx(soft_dice_loss(perfect, t).item())
+    head = UNetHead(UNetEncoder(3, (4,), norm="").output_shape(), num_classes=2, decoder_channels=[],
+                    loss_type="ce+dice")
+    losses = head.losses(uniform, torch.full((1, 2, 2), 255))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_synthetic_generator_is_deterministic(tmp_path):
+    a = generate_synthetic_seg(str(tmp_path / "a"), 3, (20, 30), seed=5, num_classes=3)
+    b = generate_synthetic_seg(str(tmp_path / "b"), 3, (20, 30), seed=5, num_classes=3)
+    from PIL import Image
+
+    for da, db in zip(a, b):
+        la, lb = np.asarray(Image.open(da["sem_seg_file_name"])), np.asarray(Image.open(db["sem_seg_file_name"]))
+        np.testing.assert_array_equal(la, lb)
+        assert la.shape == (20, 30) and set(np.unique(la)) <= {0, 1, 2}
+        assert (la > 0).any()
+
+
+def _train(tmp_path, name, iters, **data_kw):
+    register_synthetic_seg(f"{name}_train", str(tmp_path), 48, 32, seed=1, **data_kw)
+    register_synthetic_seg(f"{name}_test", str(tmp_path), 8, 32, seed=2, **data_kw)
+    cfg = setup_cfg("", SMALL_UNET + [
+        "MODEL.DEVICE", "cpu", "MODEL.UNET.LOSS_TYPE", "ce+dice",
+        "DATASETS.TRAIN", (f"{name}_train",), "DATASETS.TEST", (f"{name}_test",),
+        "INPUT.MIN_SIZE_TRAIN", (0,), "INPUT.MIN_SIZE_TEST", 0, "DATALOADER.NUM_WORKERS", 0,
+        "SOLVER.IMS_PER_BATCH", 8, "SOLVER.BASE_LR", 0.05, "SOLVER.MAX_ITER", iters,
+        "SOLVER.WARMUP_ITERS", 10, "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR",
+        "SOLVER.CHECKPOINT_PERIOD", 100000, "OUTPUT_DIR", str(tmp_path / "out"), "SEED", 0,
+        "TEST.NUM_VIS_IMAGES", 2,
+    ])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, trainer
+
+
+def test_loss_decreases_over_30_iterations(tmp_path):
+    _, trainer = _train(tmp_path, "blobs30", 30, contrast=60.0, noise=10.0)
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_trained_unet_beats_otsu_where_thresholding_fails(tmp_path):
+    # Circles differ from the background only in texture (same mean grey): Otsu cannot work.
+    kw = dict(contrast=0.0, texture=40.0, noise=8.0)
+    cfg, trainer = _train(tmp_path, "texture", 120, **kw)
+    unet = Trainer.test(cfg, trainer.model)["sem_seg"]
+    otsu = evaluate_classical("texture_test", "otsu")
+    assert unet["fgDice"] > 85.0
+    assert unet["fgDice"] > otsu["fgDice"] + 30.0
+    assert len(list((tmp_path / "out" / "inference" / "texture_test" / "overlays").glob("*.png"))) == 2
+
+
+def test_train_net_trains_and_evaluates_unet_on_wbc(shared_data, run_tool, tmp_path):
+    # Smoke run of the real config on the real images: 2 iterations of a tiny-width U-Net at 64 px.
+    out = tmp_path / "out"
+    proc = run_tool(
+        "train_net.py", "--config-file", "configs/wbc_seg/unet_classic_binary.yaml",
+        "MODEL.UNET.ENCODER_CHANNELS", "[4, 8, 16, 32, 64]", "MODEL.UNET.DECODER_CHANNELS", "[32, 16, 8, 4]",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "2",
+        "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
+        "OUTPUT_DIR", str(out),
+        env={"D2EXT_SHARED_DATA": str(shared_data), "D2EXT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"},
+    )
+    assert "copypaste: mIoU,mDice,fgIoU,fgDice,pACC" in proc.stdout + proc.stderr
+    assert len(list((out / "inference" / "wbc_seg_binary_test" / "overlays").glob("*.png"))) == 4

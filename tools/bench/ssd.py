@@ -1,0 +1,182 @@
+"""SSD benchmark rows.
+
+``ssd300_latency``: CPU forward latency, batch 1, of our SSD300 (configs/coco/ssd300_vgg16_torchvision
+  .yaml) against torchvision's ``ssd300_vgg16`` holding the same (random) weights, on the same
+  480x640 image (both warp it to 300x300 in the model). Calls alternate between the two models and
+  the median of ``--latency-repeat`` calls each is reported (the CPU may be shared); threads =
+  ``--threads``. Goal: ratio <= 1.05.
+``bccd/ssd300``, ``bccd/ssd512``: train ``configs/bccd/ssd*.yaml`` from scratch through
+  ``tools/train_net.py`` on ``bccd_train`` within ``--budget-min`` minutes (the iteration count is
+  set from a short timing of the same training step in this process), evaluate on ``bccd_test``
+  with COCOEvaluator (at the end of training) and report AP, AP50, per-class AP50 and the peak
+  memory of the training process.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tools.bench.common import Result, children_peak_rss_mb
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(parser):
+    for args, kw in [
+        (("--budget-min",), dict(type=float, default=30.0,
+                                 help="training budget in minutes for bccd/<model> rows")),
+        (("--latency-repeat",), dict(type=int, default=10, help="ssd300_latency: timed calls per model")),
+        (("--threads",), dict(type=int, default=1, help="ssd300_latency: torch threads")),
+        (("--ssd-output",), dict(default="output/bench_ssd",
+                                 help="bccd/ssd*: folder for checkpoints and evaluation files")),
+    ]:
+        try:
+            parser.add_argument(*args, **kw)
+        except argparse.ArgumentError:
+            pass
+
+
+# ---------------------------------------------------------------------------------- latency
+def ssd300_latency(args):
+    """SSD300 CPU forward latency, batch 1: ours vs torchvision ssd300_vgg16, same weights."""
+    import torch
+    from torchvision.models.detection import ssd300_vgg16
+
+    import d2ext  # noqa: F401
+    from d2ext.engine import setup_cfg
+    from d2ext.modeling.weight_import import get_weight_converter
+    from detectron2.modeling import build_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=91).eval()
+    cfg = setup_cfg(str(REPO / "configs/coco/ssd300_vgg16_torchvision.yaml"))
+    ours = build_model(cfg).eval()
+    ours.load_state_dict(get_weight_converter("ssd300_vgg16")(tv.state_dict()), strict=True)
+    rgb = torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8)
+    tv_in = [rgb.float() / 255.0]
+    our_in = [{"image": rgb, "height": 480, "width": 640}]
+
+    times = {"ours": [], "tv": []}
+    with torch.no_grad():
+        for _ in range(2):  # warm-up
+            tv(tv_in), ours(our_in)
+        for _ in range(args.latency_repeat):
+            for name, fn in (("tv", lambda: tv(tv_in)), ("ours", lambda: ours(our_in))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        n_ours = len(ours(our_in)[0]["instances"])
+        n_tv = len(tv(tv_in)[0]["boxes"])
+    med_ours, med_tv = statistics.median(times["ours"]), statistics.median(times["tv"])
+    return [Result(
+        "ssd300_latency", med_ours * 1000, "ms", "torchvision ssd300_vgg16", med_tv * 1000,
+        notes=f"CPU, {args.threads} thread(s), batch 1, 480x640 input, 91 classes, median of "
+              f"{args.latency_repeat}; detections {n_ours} vs {n_tv}; goal ratio <= 1.05",
+    )]
+
+
+# ---------------------------------------------------------------------------------- BCCD
+def _seconds_per_iter(cfg_file: str, opts, n_warmup: int = 2, n_timed: int = 4) -> float:
+    """Time a few training steps of the config in this process (model + data + SGD step)."""
+    import torch
+
+    import d2ext  # noqa: F401
+    from converters.builtin import register_builtin_datasets
+    from d2ext.engine import Trainer, setup_cfg
+
+    register_builtin_datasets()
+    cfg = setup_cfg(cfg_file, list(opts) + ["DATALOADER.NUM_WORKERS", 0])
+    model = Trainer.build_model(cfg)
+    model.train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    data = iter(Trainer.build_train_loader(cfg))
+    times = []
+    for i in range(n_warmup + n_timed):
+        t0 = time.perf_counter()
+        batch = next(data)
+        loss = sum(model(batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i >= n_warmup:
+            times.append(time.perf_counter() - t0)
+    del model, optimizer, data
+    return statistics.median(times)
+
+
+def per_class_ap50(gt_json: str, results_json: str):
+    """(AP, AP50, {class name: AP50}) of COCO-format results, with pycocotools."""
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(gt_json)
+    with open(results_json) as f:
+        dets = json.load(f)
+    if not dets:
+        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.loadCats(gt.getCatIds())}
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate(), ev.accumulate(), ev.summarize()
+    precision = ev.eval["precision"]  # (IoU, recall, class, area, maxDets)
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
+        out[gt.loadCats(cat_id)[0]["name"]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
+    return float(ev.stats[0]), float(ev.stats[1]), out
+
+
+def _bccd_row(args, model_name: str):
+    cfg_file = str(REPO / "configs" / "bccd" / f"{model_name}.yaml")
+    out_dir = Path(args.ssd_output) / f"bccd_{model_name}"
+    t0 = time.perf_counter()
+    s_per_iter = _seconds_per_iter(cfg_file, [])
+    calib_s = time.perf_counter() - t0
+    train_s = max(60.0, args.budget_min * 60.0 - calib_s)
+    # 10% margin for start-up, checkpointing and data-loader start
+    max_iter = max(20, int(0.9 * train_s / s_per_iter))
+    warmup = min(100, max_iter // 10)
+    steps = (int(max_iter * 0.75), int(max_iter * 0.9))
+    cmd = [
+        sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", cfg_file,
+        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", f"({steps[0]},{steps[1]})",
+        "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
+        "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out_dir),
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    peak_mb = children_peak_rss_mb()
+    eval_dir = out_dir / "inference" / "bccd_test"
+    ap, ap50, per_class = per_class_ap50(str(eval_dir / "bccd_test_coco_format.json"),
+                                         str(eval_dir / "coco_instances_results.json"))
+    note = (f"{max_iter} iters x {s_per_iter:.2f} s (budget {args.budget_min:g} min, train+eval wall "
+            f"{wall / 60:.1f} min), CPU, from scratch")
+    rows = [
+        Result(f"bccd/{model_name}/AP", ap * 100, "%", notes=note),
+        Result(f"bccd/{model_name}/AP50", ap50 * 100, "%", notes="goal mAP50 >= 70"),
+    ]
+    for name, v in per_class.items():
+        rows.append(Result(f"bccd/{model_name}/AP50-{name}", v * 100, "%",
+                           notes="goal >= 90" if name == "WBC" else ""))
+    rows.append(Result(f"bccd/{model_name}/peak_train_mem", peak_mb, "MiB",
+                       notes="peak RSS of the training process (data workers excluded)"))
+    return rows
+
+
+def bccd_ssd300(args):
+    """SSD300 on BCCD within --budget-min: AP, AP50, per-class AP50, peak training memory."""
+    return _bccd_row(args, "ssd300")
+
+
+def bccd_ssd512(args):
+    """SSD512 on BCCD within --budget-min: AP, AP50, per-class AP50, peak training memory."""
+    return _bccd_row(args, "ssd512")
+
+
+ROWS = {"ssd300_latency": ssd300_latency, "bccd/ssd300": bccd_ssd300, "bccd/ssd512": bccd_ssd512}
