@@ -110,7 +110,8 @@ def _register_cricket(root: Path) -> List[str]:
 
 def register_builtin_datasets(root=None) -> List[str]:
     """Register every real dataset present under ``root``; returns the registered names."""
-    root = Path(root) if root is not None else default_data_root()
+    # resolved, so "../shared/data" and its absolute path register the same arguments
+    root = (Path(root) if root is not None else default_data_root()).resolve()
     if not root.is_dir():
         logger.info("no real data at %s: only synthetic datasets are registered", root)
         return []

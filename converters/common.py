@@ -27,7 +27,8 @@ Errors and reports:
 - ``ConversionReport(fmt, strict=False, sources=())``:
   ``skip(file, line, reason, **extra)`` records a dropped item (in ``strict`` mode it raises a
   ``ConversionError`` instead); ``repair(file, line, reason, **extra)`` records a fixed item;
-  ``add_record(record, thing_classes=None)`` counts an emitted image and its objects per class;
+  ``add_record(record, thing_classes=None)`` counts an emitted image and its objects per class
+  (``add_image({"class": n, ...})`` does the same from known counts);
   ``note(key, value)`` stores free-form figures; ``error(file, line, message)`` builds (does not
   raise) a ``ConversionError`` of this format; ``to_dict()``; ``write(path)`` (atomic JSON);
   ``summary()`` one line. Counters: ``num_images``, ``num_annotations``, ``objects_per_class``,
@@ -142,6 +143,14 @@ class ConversionReport:
             name = thing_classes[cid] if thing_classes is not None and cid is not None else str(cid)
             self.objects_per_class[name] += 1
 
+    def add_image(self, objects_per_class: Dict[str, int]) -> None:
+        """Count one emitted image from its per-class object counts (a fast
+        :meth:`add_record` for converters that already know them)."""
+        self.num_images += 1
+        for name, n in objects_per_class.items():
+            self.num_annotations += n
+            self.objects_per_class[name] += n
+
     def skip_reasons(self) -> Dict[str, int]:
         """Skips counted by reason (the text before any ':' detail)."""
         return dict(Counter(s["reason"].split(":")[0] for s in self.skipped))
@@ -245,13 +254,14 @@ def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
         rest = b""
         first = True
         while True:
-            block = f.read(block_size)
+            block = f.read(max(block_size, 3) if first else block_size)  # 3: a whole BOM
+            eof = not block
             if first:
                 first = False
                 if block.startswith(b"\xef\xbb\xbf"):
                     block = block[3:]
             data = rest + block
-            if block:
+            if not eof:
                 cut = data.rfind(b"\n") + 1
                 if cut == 0:  # no line end yet: keep reading
                     rest = data
@@ -279,7 +289,7 @@ def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
                         yield lineno, line
                 else:
                     yield lineno, line[:-1] if line.endswith("\r") else line
-            if not block:
+            if eof:
                 return
 
 

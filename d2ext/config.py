@@ -218,9 +218,61 @@ def _add_segmentation_config(cfg: CN) -> None:
     # Norm after each encoder 3x3 conv ("" = none as in the paper, "BN" trains faster from scratch).
     cfg.MODEL.UNET.ENCODER_NORM = "BN"
 
+    # DeepLabv3 / v3+ (Chen et al. 2017 / 2018): MODEL.SEM_SEG_HEAD.NAME "DeepLabV3Head"; ASPP reads
+    # the last of SEM_SEG_HEAD.IN_FEATURES (NUM_CLASSES / IGNORE_VALUE / NORM / LOSS_WEIGHT apply).
+    cfg.MODEL.DEEPLAB = CN()
+    cfg.MODEL.DEEPLAB.ASPP_CHANNELS = 256  # every ASPP branch and its projection (256 in the paper)
+    # Rates of the three 3x3 atrous branches: 6/12/18 at output stride 16, 12/24/36 at 8 (Sec. 3.3).
+    cfg.MODEL.DEEPLAB.ASPP_DILATIONS = [6, 12, 18]
+    cfg.MODEL.DEEPLAB.ASPP_DROPOUT = 0.1  # after the ASPP projection (the official implementation)
+    # "" = DeepLabv3; a stride-4 feature such as "res2" = DeepLabv3+ decoder with that skip.
+    cfg.MODEL.DEEPLAB.LOW_LEVEL_FEATURE = ""
+    cfg.MODEL.DEEPLAB.LOW_LEVEL_CHANNELS = 48  # 1x1 reduction of the skip (48, Chen et al. 2018)
+    cfg.MODEL.DEEPLAB.DECODER_CHANNELS = 256  # the v3+ decoder's two 3x3 convs (256)
+    cfg.MODEL.DEEPLAB.LOSS_TYPE = "ce"  # "ce", "dice" or "ce+dice" (soft Dice of the U-Net head)
+    cfg.MODEL.DEEPLAB.DICE_SMOOTH = 1.0  # additive smoothing of the soft Dice ratio
+    # Dilated ResNet (backbone "build_dilated_resnet_backbone"): res4 dilation, 1 or 2; with
+    # Detectron2's MODEL.RESNETS.RES5_DILATION (1, 2 or 4 there) it sets the output stride:
+    # 1/1 -> 32, 1/2 -> 16, 2/4 -> 8 (Detectron2's own builder dilates only res5, never R18/R34).
+    cfg.MODEL.RESNETS.RES4_DILATION = 1
+    # Mask R-CNN scored as a segmenter (evaluator_type "mask_sem_seg", see
+    # d2ext.evaluation.mask_sem_seg): one sem-seg dataset per DATASETS.TEST entry whose label maps
+    # the predicted instance masks are scored against ("" = skip that test set).
+    cfg.TEST.MASK_SEM_SEG_DATASETS = []
+    cfg.TEST.MASK_SEM_SEG_SCORE_THRESH = 0.5  # instances below this score are not painted
+
 
 def _add_pose_config(cfg: CN) -> None:
-    pass
+    # PoseShotClassifier (META_ARCHITECTURE "PoseShotClassifier"): COCO keypoints of the main
+    # person -> normalised pose features -> shot head. Mapper: "PoseShotDatasetMapper".
+    cfg.MODEL.POSE_SHOT = CN()
+    cfg.MODEL.POSE_SHOT.NUM_CLASSES = 4  # shot classes (= class folders of the cricket dataset)
+    # Detectron2 keypoint model config (file path, or "model_zoo:COCO-Keypoints/..."; "" = none:
+    # the model then needs cached keypoints in every input).
+    cfg.MODEL.POSE_SHOT.KEYPOINT_CONFIG = ""
+    cfg.MODEL.POSE_SHOT.KEYPOINT_WEIGHTS = ""  # its weights file ("" = random init: smoke tests only)
+    cfg.MODEL.POSE_SHOT.KEYPOINT_OPTS = []  # extra KEY VALUE overrides of the keypoint config
+    # "cached": train the head on keypoints stored in the records (fast); "frozen_detector": run
+    # the frozen keypoint model on the images during training too.
+    cfg.MODEL.POSE_SHOT.TRAIN_MODE = "cached"
+    cfg.MODEL.POSE_SHOT.PERSON_SELECTION = "largest_box"  # or "highest_score", "nearest_center"
+    cfg.MODEL.POSE_SHOT.MIN_PERSON_SCORE = 0.0  # detections below this score are not candidates
+    # A joint is present when its visibility / score exceeds this (Detectron2's Visualizer: 0.05).
+    cfg.MODEL.POSE_SHOT.KEYPOINT_THRESHOLD = 0.05
+    # "torso" (mid-hip origin, scale max(TORSO_SCALE x torso, largest joint distance)) or "image"
+    # (x / width, y / height: the un-normalised baseline).
+    cfg.MODEL.POSE_SHOT.NORMALIZATION = "torso"
+    cfg.MODEL.POSE_SHOT.TORSO_SCALE = 2.5  # an adult is about 2.5 torso lengths tall
+    cfg.MODEL.POSE_SHOT.JOINT_ANGLES = True  # append elbow/shoulder/knee angles (+ masks)
+    cfg.MODEL.POSE_SHOT.WRIST_HEIGHT = True  # append wrist height above the shoulders (+ masks)
+    # Training: probability of mirroring a pose with the COCO flip map (left-handed batsmen).
+    cfg.MODEL.POSE_SHOT.MIRROR_PROB = 0.0
+    cfg.MODEL.POSE_SHOT.LABEL_SMOOTHING = 0.0
+    cfg.MODEL.POSE_SHOT.HEAD = CN()
+    cfg.MODEL.POSE_SHOT.HEAD.NAME = "ShotClassifierHead"  # in SHOT_HEAD_REGISTRY
+    cfg.MODEL.POSE_SHOT.HEAD.NUM_LAYERS = 2  # hidden layers of the MLP
+    cfg.MODEL.POSE_SHOT.HEAD.HIDDEN_DIM = 128
+    cfg.MODEL.POSE_SHOT.HEAD.DROPOUT = 0.1
 
 
 def _add_evaluation_config(cfg: CN) -> None:

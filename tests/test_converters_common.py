@@ -53,6 +53,19 @@ def test_iter_text_lines_bom_crlf_and_bad_bytes(tmp_path):
         list(iter_text_lines(tmp_path / "missing.txt"))
 
 
+@pytest.mark.parametrize("block_size", [1, 2, 3, 7, 1 << 20])
+def test_iter_text_lines_any_block_size(tmp_path, block_size):
+    p = tmp_path / "t.txt"
+    p.write_bytes("\ufeffa\r\n  \r\nb\u00e9c d \n\n\u20acz".encode("utf-8"))
+    assert list(iter_text_lines(p, block_size=block_size)) == [
+        (1, "a"), (2, "  "), (3, "b\u00e9c d "), (4, ""), (5, "\u20acz")]
+    assert list(iter_text_lines(p, skip_blank=True, block_size=block_size)) == [
+        (1, "a"), (3, "b\u00e9c d"), (5, "\u20acz")]
+    p.write_bytes(b"ok\nok\nab\xffc\n")
+    with pytest.raises(ConversionError, match=r"t.txt:3: not valid UTF-8 \(byte 0xff at column 3\)"):
+        list(iter_text_lines(p, block_size=block_size))
+
+
 def test_atomic_open_leaves_old_file_on_error(tmp_path):
     target = tmp_path / "out.json"
     atomic_write_json(target, {"a": 1})

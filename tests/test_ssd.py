@@ -18,7 +18,9 @@ from torch.testing import assert_close
 import d2ext  # noqa: F401  (registers everything)
 from d2ext.engine import setup_cfg
 from d2ext.modeling.backbone.ssd_vgg import SSDVGG
-from d2ext.modeling.meta_arch.ssd import SSD, SSDDefaultBoxGenerator, SSDHead, convert_torchvision_ssd300_vgg16
+from d2ext.modeling.meta_arch.ssd import (
+    SSD, SSDDefaultBoxGenerator, SSDHead, convert_torchvision_ssd300_vgg16,
+)
 from d2ext.modeling.weight_import import get_weight_converter
 from detectron2.modeling import build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
@@ -46,7 +48,8 @@ def tiny_ssd(image_size=64, num_classes=3, maps=("conv4_3", "fc7", "conv8_2", "c
     shapes = backbone.output_shape()
     aspect_ratios = aspect_ratios or [[2], [2, 3], [2], [2]][: len(maps)]
     gen = SSDDefaultBoxGenerator(aspect_ratios, scales or [0.1, 0.2, 0.4, 0.6, 0.8][: len(maps) + 1], steps)
-    head = SSDHead(in_channels=[shapes[m].channels for m in maps], num_anchors=gen.num_anchors, num_classes=num_classes)
+    head = SSDHead(in_channels=[shapes[m].channels for m in maps], num_anchors=gen.num_anchors,
+                   num_classes=num_classes)
     return SSD(
         backbone=backbone, head=head, head_in_features=list(maps), anchor_generator=gen,
         box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
@@ -65,7 +68,8 @@ def make_input(image, boxes, classes):
 # ----------------------------------------------------------------------------- default boxes
 def test_default_boxes_equal_torchvision_ssd300():
     ours = SSDDefaultBoxGenerator(**SSD300_ARGS)
-    theirs = DefaultBoxGenerator(SSD300_ARGS["aspect_ratios"], scales=SSD300_ARGS["scales"], steps=SSD300_ARGS["steps"])
+    theirs = DefaultBoxGenerator(SSD300_ARGS["aspect_ratios"], scales=SSD300_ARGS["scales"],
+                                 steps=SSD300_ARGS["steps"])
     feats = [torch.zeros(1, 1, g, g) for g in SSD300_GRIDS]
     tv_boxes = theirs(TVImageList(torch.zeros(1, 3, 300, 300), [(300, 300)]), feats)[0]
     our_boxes = Boxes.cat(ours((300, 300), feats)).tensor
@@ -156,7 +160,8 @@ def test_same_training_loss_as_torchvision(tv_and_ours):
     boxes = [[[10.0, 20, 100, 120], [150, 30, 170, 45], [5, 5, 9, 8]], [[0.0, 0, 320, 240], [40, 60, 44, 64]]]
     labels = [[1, 3, 2], [2, 1]]  # torchvision labels (1..3); ours are 0-based
     with torch.no_grad():  # same losses => same gradients (same autograd graph); keep the test fast
-        theirs = tv(images, [{"boxes": torch.tensor(b), "labels": torch.tensor(lab)} for b, lab in zip(boxes, labels)])
+        targets = [{"boxes": torch.tensor(b), "labels": torch.tensor(lab)} for b, lab in zip(boxes, labels)]
+        theirs = tv(images, targets)
         mine = ours([make_input(im, b, [c - 1 for c in lab]) for im, b, lab in zip(images, boxes, labels)])
     assert_close(mine["loss_cls"], theirs["classification"], rtol=1e-5, atol=1e-6)
     assert_close(mine["loss_box_reg"], theirs["bbox_regression"], rtol=1e-5, atol=1e-6)
@@ -228,7 +233,8 @@ def test_matching_box_smaller_than_every_default_box_is_still_positive():
 
 def test_matching_agrees_with_torchvision_ssd_matcher():
     model = tiny_ssd()
-    anchors = Boxes.cat(SSDDefaultBoxGenerator(**SSD300_ARGS)((300, 300), [torch.zeros(1, 1, g, g) for g in SSD300_GRIDS]))
+    feats = [torch.zeros(1, 1, g, g) for g in SSD300_GRIDS]
+    anchors = Boxes.cat(SSDDefaultBoxGenerator(**SSD300_ARGS)((300, 300), feats))
     g = torch.Generator().manual_seed(3)
     xy = torch.rand(30, 2, generator=g) * 250
     gt = torch.cat([xy, xy + 5 + torch.rand(30, 2, generator=g) * 120], dim=1)
@@ -262,7 +268,8 @@ def test_degenerate_boxes_are_dropped_with_a_warning_never_nan(caplog):
     model = tiny_ssd().train()
     img = torch.rand(3, 64, 64) * 255
     inputs = [
-        make_input(img, [[5, 5, 5, 20], [30, 30, 20, 50], [10, 10, 40, 40], [1, 1, float("nan"), 9]], [0, 1, 2, 0]),
+        make_input(img, [[5, 5, 5, 20], [30, 30, 20, 50], [10, 10, 40, 40], [1, 1, float("nan"), 9]],
+                   [0, 1, 2, 0]),
         make_input(img, [[3, 3, 3, 3]], [1]),  # only a degenerate box: trains as background
     ]
     with caplog.at_level(logging.WARNING, logger="d2ext.modeling.meta_arch.ssd"):
@@ -281,8 +288,7 @@ def test_image_with_700_boxes_trains_without_dropping_any():
     training step stays finite."""
     torch.manual_seed(5)
     model = tiny_ssd(image_size=300, maps=("conv4_3", "fc7", "conv8_2", "conv9_2", "conv10_2", "conv11_2"),
-                     width=1 / 16, norm="", aspect_ratios=SSD300_ARGS["aspect_ratios"], scales=SSD300_ARGS["scales"],
-                     steps=SSD300_ARGS["steps"]).train()
+                     width=1 / 16, norm="", **SSD300_ARGS).train()
     cells = torch.arange(700)
     cx = (cells % 37 + 0.5) * 8  # conv4_3 default boxes are 8 px apart (STEPS[0])
     cy = (cells // 37 + 0.5) * 8
@@ -325,16 +331,38 @@ def test_loss_decreases_over_30_iterations_on_tiny_shapes():
 
 
 # ----------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("config,num_boxes", [("bccd/ssd300.yaml", 8732), ("bccd/ssd512.yaml", 24564)])
-def test_bccd_configs_build_and_predict_in_input_pixels(config, num_boxes):
+@pytest.mark.parametrize("config,num_classes,num_boxes", [
+    ("bccd/ssd300.yaml", 3, 8732),  # the paper's SSD300 count
+    ("bccd/ssd512.yaml", 3, 24564),  # the paper's SSD512 count
+    ("widerface/ssd300.yaml", 1, 2 * (38 ** 2 + 19 ** 2 + 10 ** 2 + 5 ** 2 + 3 ** 2 + 1)),  # 2 per location
+])
+def test_ssd_configs_build_and_predict_in_input_pixels(config, num_classes, num_boxes):
     cfg = setup_cfg(str(REPO / "configs" / config), ["MODEL.SSD.VGG.WIDTH_MULT", 0.0625])
-    assert cfg.MODEL.META_ARCHITECTURE == "SSD" and cfg.MODEL.SSD.NUM_CLASSES == 3
+    assert cfg.MODEL.META_ARCHITECTURE == "SSD" and cfg.MODEL.SSD.NUM_CLASSES == num_classes
     model = build_model(cfg).eval()
     size = cfg.MODEL.SSD.IMAGE_SIZE
     with torch.no_grad():
         feats = model.backbone(torch.zeros(1, 3, size, size))
         anchors = model.anchor_generator((size, size), [feats[f] for f in model.head_in_features])
-        assert sum(len(a) for a in anchors) == num_boxes  # the paper's counts for SSD300 / SSD512
+        assert sum(len(a) for a in anchors) == num_boxes
         out = model([{"image": torch.rand(3, 480, 640) * 255, "height": 480, "width": 640}])[0]["instances"]
     assert out.image_size == (480, 640) and len(out) <= cfg.TEST.DETECTIONS_PER_IMAGE
     assert (out.pred_boxes.tensor[:, 2] <= 640).all() and (out.pred_boxes.tensor[:, 3] <= 480).all()
+
+
+@pytest.mark.slow
+def test_ssd300_trains_and_evaluates_on_bccd_through_train_net(shared_data, run_tool, tmp_path):
+    """A few iterations of configs/bccd/ssd300.yaml through tools/train_net.py, then COCO
+    evaluation on bccd_test (the full budget run is the benchmark row bccd/ssd300)."""
+    if not (shared_data / "bccd" / "BCCD").is_dir():
+        pytest.skip("BCCD not in the shared data")
+    proc = run_tool(
+        "train_net.py", "--config-file", REPO / "configs/bccd/ssd300.yaml",
+        "SOLVER.MAX_ITER", 6, "SOLVER.WARMUP_ITERS", 2, "SOLVER.STEPS", "(4,5)", "SOLVER.IMS_PER_BATCH", 2,
+        "DATALOADER.NUM_WORKERS", 0, "OUTPUT_DIR", tmp_path,
+        env={"D2EXT_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1"},
+    )
+    log = proc.stdout + proc.stderr
+    assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
+    assert (tmp_path / "inference" / "bccd_test" / "coco_instances_results.json").is_file()
+    assert (tmp_path / "model_final.pth").is_file()

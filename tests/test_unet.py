@@ -69,6 +69,16 @@ def test_odd_sizes_give_logits_at_input_size(opts):
     losses["loss_sem_seg"].backward()
 
 
+@pytest.mark.parametrize("name", ["unet_classic_binary", "unet_classic_3class", "unet_R34_binary",
+                                  "unet_R34_3class", "unet_VGG16_binary"])
+def test_wbc_configs_build_and_keep_odd_sizes(repo_root, name):
+    cfg = setup_cfg(str(repo_root / "configs" / "wbc_seg" / f"{name}.yaml"))
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        out = model([{"image": torch.rand(3, 37, 53) * 255}])
+    assert out[0]["sem_seg"].shape == (cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 37, 53)
+
+
 def test_head_crops_to_targets_and_checks_config():
     enc = UNetEncoder(3, (4, 8), norm="")
     head = UNetHead(enc.output_shape(), num_classes=3, decoder_channels=[4], loss_type="ce+dice")

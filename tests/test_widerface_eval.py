@@ -1,7 +1,6 @@
 """WIDER Face evaluation: hand-computed protocol cases, the real .mat files, prediction I/O,
 the Detectron2 evaluator, the CLI and the benchmark's equality check."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -424,6 +423,13 @@ def test_cli_on_real_ground_truth(shared_data, tmp_path, run_tool):
     saved = json.loads((tmp_path / "ap.json").read_text())
     assert saved == {s: expected[s]["ap"] for s in ("easy", "medium", "hard")}
     assert (tmp_path / "pr.png").stat().st_size > 0
+    bad = tmp_path / "pred" / gt.events[0] / f"{gt.names[0]}.txt"
+    lines = bad.read_text().splitlines()
+    bad.write_text("\n".join(lines[:2] + ["1 2 3"] + lines[3:]) + "\n")  # first box line short
+    proc = run_tool("eval_widerface.py", "--pred", tmp_path / "pred", "--gt", _gt_dir(shared_data),
+                    check=False)
+    assert proc.returncode == 2
+    assert f"{gt.names[0]}.txt:3: expected 5 numbers" in proc.stderr
 
 
 def test_benchmark_loop_form_agrees(shared_data, run_tool, tmp_path):
@@ -435,3 +441,42 @@ def test_benchmark_loop_form_agrees(shared_data, run_tool, tmp_path):
     rows = {r["name"]: r for r in json.loads(out.read_text())}
     assert "identical AP" in rows["widerface_eval"]["notes"]
     assert 0 < rows["widerface_eval_ap_hard"]["value"] < 1
+
+
+def test_candidate_pruning_matches_brute_force():
+    """The x-centre pruning of (prediction, face) pairs changes no match: crowded small integer
+    boxes (many IoU == 0.5 ties and near misses) and fractional ones, against all pairs."""
+    from d2ext.evaluation.widerface import _flatten_predictions, _match_predictions
+
+    rng = np.random.default_rng(7)
+    images, preds = [], {}
+    for i in range(60):
+        n = int(rng.integers(0, 12))
+        xy = rng.integers(0, 25, (n, 2)).astype(float)
+        wh = rng.integers(-1, 8, (n, 2)).astype(float)
+        images.append(("0--E", f"i{i}", np.c_[xy, wh]))
+        m = int(rng.integers(0, 30))
+        pb = np.c_[rng.integers(0, 25, (m, 2)), rng.integers(0, 8, (m, 2))].astype(float)
+        if n:  # half of them near a face: shifted / resized by a pixel, some fractionally
+            idx = rng.integers(0, n, m // 2)
+            pb[: m // 2] = np.c_[xy[idx], wh[idx]] + rng.integers(-1, 2, (m // 2, 4))
+        pb[: m // 4] += rng.uniform(-0.5, 0.5, (m // 4, 4))
+        preds[f"i{i}"] = np.c_[pb, rng.random(m)]
+    gt = _gt(images, {"all": np.ones(sum(len(b) for _, _, b in images), bool)})
+    boxes, _, img = _flatten_predictions(gt, preds)
+    got = _match_predictions(boxes, img, gt, 0.5)
+    expected = np.full(len(boxes), -1)
+    for p in range(len(boxes)):
+        g = gt.image_boxes(img[p])
+        if len(g) == 0:
+            continue
+        b = boxes[p]
+        bx2, by2, gx2, gy2 = b[0] + b[2], b[1] + b[3], g[:, 0] + g[:, 2], g[:, 1] + g[:, 3]
+        iw = np.minimum(bx2, gx2) - np.maximum(b[0], g[:, 0]) + 1
+        ih = np.minimum(by2, gy2) - np.maximum(b[1], g[:, 1]) + 1
+        ua = (bx2 - b[0] + 1) * (by2 - b[1] + 1) + (gx2 - g[:, 0] + 1) * (gy2 - g[:, 1] + 1) - iw * ih
+        iou = np.where((iw > 0) & (ih > 0), iw * ih / np.where(ua > 0, ua, 1), 0.0)
+        if iou.max() >= 0.5:
+            expected[p] = gt.offsets[img[p]] + int(np.argmax(iou))
+    assert (got >= 0).sum() > 100  # 129 with this seed
+    np.testing.assert_array_equal(got, expected)

@@ -39,8 +39,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    gt = load_widerface_gt(args.gt)
-    preds, report = read_widerface_predictions(args.pred, gt)
+    try:
+        gt = load_widerface_gt(args.gt)
+        preds, report = read_widerface_predictions(args.pred, gt)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(report.summary())
     for rel in report.missing:
         print(f"missing: {rel}")

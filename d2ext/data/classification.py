@@ -27,6 +27,7 @@ from .synthetic import default_cache_root
 __all__ = [
     "CenterCrop",
     "RandomShift",
+    "ShortEdgeResize",
     "ClassificationDatasetMapper",
     "DIGITS_IMAGE_SIZE",
     "build_classification_augmentations",
@@ -53,6 +54,27 @@ class CenterCrop(T.Augmentation):
         return T.CropTransform(x0, y0, self.size, self.size)
 
 
+class ShortEdgeResize(T.Augmentation):
+    """Resize the short edge to ``size`` by torchvision's ``Resize(int)`` rule (long edge
+    truncated, bilinear PIL resampling), so evaluation crops equal torchvision's pixel for pixel.
+    (Detectron2's ``ResizeShortestEdge`` rounds the long edge instead.)
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = int(size)
+
+    def get_transform(self, image):
+        from PIL import Image
+
+        h, w = image.shape[:2]
+        if w <= h:
+            new_w, new_h = self.size, int(self.size * h / w)
+        else:
+            new_h, new_w = self.size, int(self.size * w / h)
+        return T.ResizeTransform(h, w, new_h, new_w, Image.BILINEAR)
+
+
 class RandomShift(T.Augmentation):
     """Translate by up to ``max_shift`` pixels in x and y, filling with zeros; same output size.
 
@@ -75,7 +97,8 @@ class RandomShift(T.Augmentation):
 
 
 def build_classification_augmentations(cfg, is_train: bool) -> List[T.Augmentation]:
-    """Resize the short edge (``INPUT.MIN_SIZE_*``; 0 keeps the size), crop
+    """Resize the short edge (``INPUT.MIN_SIZE_*``; 0 keeps the size; one size with
+    ``MAX_SIZE_*`` >= 10000 resizes as torchvision's ``Resize``), crop
     ``INPUT.CLASSIFICATION.CROP_SIZE`` (random in training, centred in testing; 0 = none), and in
     training shift by up to ``INPUT.CLASSIFICATION.RANDOM_SHIFT`` pixels and flip per
     ``INPUT.RANDOM_FLIP``. Torchvision's ImageNet evaluation is
@@ -89,7 +112,9 @@ def build_classification_augmentations(cfg, is_train: bool) -> List[T.Augmentati
     if isinstance(min_size, int):
         min_size = (min_size,)
     augs: List[T.Augmentation] = []
-    if any(s > 0 for s in min_size):
+    if len(min_size) == 1 and min_size[0] > 0 and max_size >= 10000:
+        augs.append(ShortEdgeResize(min_size[0]))  # torchvision's rule: uncapped, long edge truncated
+    elif any(s > 0 for s in min_size):
         augs.append(T.ResizeShortestEdge(min_size, max_size, sample_style))
     crop = cfg.INPUT.CLASSIFICATION.CROP_SIZE
     if crop > 0:

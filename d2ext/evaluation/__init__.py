@@ -5,3 +5,4 @@ from .segmentation import SegmentationMetricsEvaluator  # registers the "sem_seg
 from .widerface import WiderFaceEvaluator  # noqa: F401  (registers "widerface")
 
 __all__ = ["build_evaluator", "register_evaluator", "registered_evaluator_types", "SegmentationMetricsEvaluator"]
+from .mask_sem_seg import MaskToSemSegEvaluator  # noqa: E402,F401  (Mask R-CNN scored as a segmenter)

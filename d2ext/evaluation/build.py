@@ -51,6 +51,12 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
                 f"known types: {registered_evaluator_types()}"
             )
         evaluators.append(_BUILDERS[t](cfg, dataset_name, output_folder))
+    # Instance masks also scored as a label map (cfg.TEST.MASK_SEM_SEG_DATASETS; Mask R-CNN vs U-Net).
+    from .mask_sem_seg import build_mask_sem_seg_evaluator
+
+    extra = build_mask_sem_seg_evaluator(cfg, dataset_name, output_folder)
+    if extra is not None:
+        evaluators.append(extra)
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
@@ -60,4 +66,6 @@ def _build_coco(cfg, dataset_name, output_folder):
         dataset_name,
         output_dir=output_folder,
         use_fast_impl=cfg.TEST.COCO_USE_FAST_IMPL,
+        # Detectron2's key; () = COCO's 17 person sigmas (pycocotools' default)
+        kpt_oks_sigmas=tuple(cfg.TEST.KEYPOINT_OKS_SIGMAS),
     )

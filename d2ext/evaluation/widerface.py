@@ -59,6 +59,7 @@ __all__ = [
     "PredictionReadReport",
     "load_widerface_gt",
     "widerface_gt_from_dicts",
+    "read_prediction_file",
     "read_widerface_predictions",
     "write_widerface_predictions",
     "normalize_scores",
@@ -649,11 +650,6 @@ def plot_widerface_pr(results: Mapping[str, Mapping], path: str, title: str = "W
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def results_to_json(results: Mapping[str, Mapping]) -> Dict:
-    """``{setting: ap}`` plus the curves, JSON-serialisable."""
-    return {s: float(r["ap"]) for s, r in results.items()}
 
 
 # ---------------------------------------------------------------------------------------------

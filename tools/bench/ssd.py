@@ -118,14 +118,14 @@ def per_class_ap50(gt_json: str, results_json: str):
     with open(results_json) as f:
         dets = json.load(f)
     if not dets:
-        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.loadCats(gt.getCatIds())}
+        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.cats.values()}
     ev = COCOeval(gt, gt.loadRes(dets), "bbox")
     ev.evaluate(), ev.accumulate(), ev.summarize()
     precision = ev.eval["precision"]  # (IoU, recall, class, area, maxDets)
     out = {}
     for k, cat_id in enumerate(ev.params.catIds):
         p = precision[0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
-        out[gt.loadCats(cat_id)[0]["name"]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
+        out[gt.cats[int(cat_id)]["name"]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
     return float(ev.stats[0]), float(ev.stats[1]), out
 
 

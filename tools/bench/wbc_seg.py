@@ -13,7 +13,7 @@ many iterations as fit in ``--budget-min`` minutes (measured on a few warm-up st
 then evaluated with ``SegmentationMetricsEvaluator`` on the test images at full resolution;
 Otsu and k-means (``d2ext.evaluation.classical``) run on the same images. On a CPU the U-Net is
 the classic architecture at 1/4 width (16 -> 256 channels, ``--wbc-width``) on images resized to
-a 160-pixel short side (``--wbc-size``); predictions are upsampled back to full size.
+a 128-pixel short side (``--wbc-size``); predictions are upsampled back to full size.
 
 Rows (Dice/IoU/accuracy are fractions): ``wbc_seg/<method>/<mode>`` = foreground Dice (mean
 over the non-background classes), ``.../mIoU``, ``.../pixel_acc``; for U-Net also
@@ -49,7 +49,7 @@ def add_arguments(parser):
         (("--wbc-modes",), dict(nargs="+", default=["binary", "3class"], choices=sorted(MODES),
                                 help="wbc_seg: label modes to run")),
         (("--wbc-width",), dict(type=int, default=16, help="wbc_seg: U-Net first-level channels (classic 64)")),
-        (("--wbc-size",), dict(type=int, default=160, help="wbc_seg: short side the U-Net sees (0 = native)")),
+        (("--wbc-size",), dict(type=int, default=128, help="wbc_seg: short side the U-Net sees (0 = native)")),
     ]:
         try:
             parser.add_argument(*args, **kw)

@@ -8,3 +8,4 @@ from . import vgg  # noqa: F401
 from . import googlenet  # noqa: F401
 from . import densenet  # noqa: F401
 from . import resnet  # noqa: F401
+from . import dilated_resnet  # noqa: F401

@@ -48,6 +48,8 @@ _VGG16_LAYERS: Tuple[Tuple[str, int], ...] = (
     ("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512),
 )
 
+_VGG16_LAYERS_INDEX = {name: i for i, (name, _) in enumerate(_VGG16_LAYERS)}
+
 # Extra layers: (name, out_channels, kernel, stride, padding); each "_1" is a 1x1 bottleneck.
 # SSD300 follows the paper's Fig. 2 (and torchvision); SSD512 follows the authors' Caffe
 # prototxt (all stride-2 3x3, then a 4x4 conv12_2 with padding 1 -> 1x1).
@@ -148,12 +150,13 @@ class SSDVGG(Backbone):
             c_in = ch(1024)
             self._out_feature_channels["fc7"] = c_in
         else:  # stop right after conv4_3
-            vgg = OrderedDict((k, v) for k, v in vgg.items() if _VGG16_LAYERS_INDEX[k] <= _VGG16_LAYERS_INDEX["conv4_3"])
+            stop = _VGG16_LAYERS_INDEX["conv4_3"]
+            vgg = OrderedDict((k, v) for k, v in vgg.items() if _VGG16_LAYERS_INDEX[k] <= stop)
         self.vgg = nn.Sequential(vgg)
 
         extras = OrderedDict()
         for name, c, k, s, p in SSD_EXTRA_LAYERS[extra_layers]:
-            if last < 2 or order.index(name.replace("_1", "_2")) > last:
+            if last < 2 or order.index(name[:-2] + "_2") > last:
                 break
             extras[name] = _conv(c_in, ch(c), k, stride=s, padding=p, norm=norm)
             c_in = ch(c)
@@ -207,9 +210,6 @@ class SSDVGG(Backbone):
             f: ShapeSpec(channels=self._out_feature_channels[f], stride=self._out_feature_strides[f])
             for f in self._out_features
         }
-
-
-_VGG16_LAYERS_INDEX = {name: i for i, (name, _) in enumerate(_VGG16_LAYERS)}
 
 
 @BACKBONE_REGISTRY.register()

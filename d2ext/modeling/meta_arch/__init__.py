@@ -2,3 +2,4 @@
 from . import ssd  # noqa: F401
 from . import yolo  # noqa: F401
 from . import classifier  # noqa: F401
+from . import pose_shot  # noqa: F401

@@ -71,7 +71,9 @@ class SSDDefaultBoxGenerator(nn.Module):
     ):
         super().__init__()
         if len(scales) != len(aspect_ratios) + 1:
-            raise ValueError(f"need {len(aspect_ratios) + 1} scales for {len(aspect_ratios)} maps, got {len(scales)}")
+            raise ValueError(
+                f"need {len(aspect_ratios) + 1} scales for {len(aspect_ratios)} maps, got {len(scales)}"
+            )
         if steps is not None and len(steps) != len(aspect_ratios):
             raise ValueError(f"need one step per map ({len(aspect_ratios)}), got {len(steps)}")
         self.aspect_ratios = [list(a) for a in aspect_ratios]
@@ -140,7 +142,8 @@ class SSDHead(nn.Module):
         if len(in_channels) != len(num_anchors):
             raise ValueError(f"{len(in_channels)} feature maps but {len(num_anchors)} anchor counts")
         self.cls_score = nn.ModuleList(
-            nn.Conv2d(c, a * (num_classes + 1), kernel_size=3, padding=1) for c, a in zip(in_channels, num_anchors)
+            nn.Conv2d(c, a * (num_classes + 1), kernel_size=3, padding=1)
+            for c, a in zip(in_channels, num_anchors)
         )
         self.bbox_pred = nn.ModuleList(
             nn.Conv2d(c, a * 4, kernel_size=3, padding=1) for c, a in zip(in_channels, num_anchors)
@@ -229,11 +232,14 @@ class SSD(DenseDetector):
         in_features = list(cfg.MODEL.SSD.IN_FEATURES)
         missing = [f for f in in_features if f not in shapes]
         if missing:
-            raise ValueError(f"MODEL.SSD.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
+            raise ValueError(
+                f"MODEL.SSD.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})"
+            )
         s = cfg.MODEL.SSD
         if len(s.ASPECT_RATIOS) != len(in_features):
             raise ValueError(
-                f"MODEL.SSD.ASPECT_RATIOS has {len(s.ASPECT_RATIOS)} entries for {len(in_features)} IN_FEATURES"
+                f"MODEL.SSD.ASPECT_RATIOS has {len(s.ASPECT_RATIOS)} entries for "
+                f"{len(in_features)} IN_FEATURES"
             )
         return {
             "backbone": backbone,
@@ -281,7 +287,8 @@ class SSD(DenseDetector):
             if "instances" not in batched_inputs[0]:
                 raise ValueError("SSD training needs 'instances' in every input dict")
             gt_instances = [
-                self._resize_gt(x["instances"].to(self.device), size) for x, size in zip(batched_inputs, input_sizes)
+                self._resize_gt(x["instances"].to(self.device), size)
+                for x, size in zip(batched_inputs, input_sizes)
             ]
             return self.forward_training(images, features, predictions, gt_instances)
 
@@ -295,8 +302,10 @@ class SSD(DenseDetector):
         """Scale ``gt_boxes`` from the input image to the warped ``image_size`` (new object)."""
         out = Instances(self.image_size, **instances.get_fields())
         if tuple(input_size) != self.image_size:
-            ratio_h = torch.tensor(self.image_size[0], dtype=torch.float32) / torch.tensor(input_size[0], dtype=torch.float32)
-            ratio_w = torch.tensor(self.image_size[1], dtype=torch.float32) / torch.tensor(input_size[1], dtype=torch.float32)
+            # float32 ratios computed as torchvision's resize_boxes does
+            new = torch.tensor(self.image_size, dtype=torch.float32)
+            old = torch.tensor(tuple(input_size), dtype=torch.float32)
+            ratio_h, ratio_w = new[0] / old[0], new[1] / old[1]
             ratios = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(self.device)
             out.gt_boxes = Boxes(instances.gt_boxes.tensor * ratios)
         return out
@@ -323,7 +332,9 @@ class SSD(DenseDetector):
         return boxes, classes
 
     @torch.no_grad()
-    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]) -> Tuple[List[Tensor], List[Tensor]]:
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[Tensor], List[Tensor]]:
         """Match default boxes to ground truth (paper Sec. 2.2, "Matching strategy").
 
         A default box is positive when its best IoU with any ground-truth box is >= the matcher's
@@ -337,7 +348,9 @@ class SSD(DenseDetector):
         anchors = Boxes.cat(anchors)
         gt_labels, matched_boxes = [], []
         for i, inst in enumerate(gt_instances):
-            boxes, classes = self.filter_degenerate(inst.gt_boxes.tensor, inst.gt_classes, f"image {i} of the batch")
+            boxes, classes = self.filter_degenerate(
+                inst.gt_boxes.tensor, inst.gt_classes, f"image {i} of the batch"
+            )
             if len(boxes) == 0:
                 gt_labels.append(torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device))
                 matched_boxes.append(anchors.tensor.clone())
@@ -373,8 +386,9 @@ class SSD(DenseDetector):
         )
 
         logits = cat(pred_logits, dim=1)  # (N, R, K + 1)
-        cls_loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gt_labels.reshape(-1), reduction="none")
-        cls_loss = cls_loss.view(gt_labels.shape)
+        cls_loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), gt_labels.reshape(-1), reduction="none"
+        ).view(gt_labels.shape)
         with torch.no_grad():
             num_neg = self.neg_pos_ratio * pos_mask.sum(1, keepdim=True)
             neg_loss = cls_loss.clone()
@@ -409,9 +423,11 @@ class SSD(DenseDetector):
         anchor_idxs = top_idxs[keep]
         cand_scores = top_scores[keep]
         cand_boxes = boxes.tensor[anchor_idxs]
-        kept = batched_nms(cand_boxes, cand_scores, classes, self.test_nms_thresh)[: self.max_detections_per_image]
+        kept = batched_nms(cand_boxes, cand_scores, classes, self.test_nms_thresh)
+        kept = kept[: self.max_detections_per_image]
         return Instances(
-            image_size, pred_boxes=Boxes(cand_boxes[kept]), scores=cand_scores[kept], pred_classes=classes[kept]
+            image_size, pred_boxes=Boxes(cand_boxes[kept]), scores=cand_scores[kept],
+            pred_classes=classes[kept],
         )
 
 
@@ -451,5 +467,7 @@ def convert_torchvision_ssd300_vgg16(state_dict: Dict[str, Tensor]) -> Dict[str,
         else:
             unknown.append(key)
     if unknown:
-        raise KeyError(f"ssd300_vgg16 converter: unexpected torchvision keys {unknown[:8]} ({len(unknown)} in all)")
+        raise KeyError(
+            f"ssd300_vgg16 converter: unexpected torchvision keys {unknown[:8]} ({len(unknown)} in all)"
+        )
     return out

@@ -8,7 +8,7 @@ has flat index ``level_offset[l] + (gy * W + gx) * A + a``.
 """
 import logging
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor

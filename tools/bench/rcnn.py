@@ -1,0 +1,274 @@
+"""Detectron2's R-CNN family and RetinaNet, and d2ext's DeepLabv3, beside the YOLO / SSD / U-Net rows.
+
+    tools/benchmark.py bccd/faster_rcnn bccd/retinanet [--budget-min N] [--rcnn-out DIR]
+    tools/benchmark.py wbc_seg/deeplabv3/binary wbc_seg/deeplabv3/3class wbc_seg/mask_rcnn/binary
+
+Every row trains its config from scratch with ``tools/train_net.py`` (a subprocess, so its peak
+RSS is its own, read with ``os.wait4``) for as many iterations as fit in ``--budget-min`` minutes
+(the step time is measured first, in this process, on one real training batch; learning-rate
+steps at 80% / 93% of the iterations), then loads ``model_final.pth`` here and evaluates it with
+the d2ext ``Trainer.test`` — the evaluator the dataset's ``evaluator_type`` selects, as for
+every other row — and times inference on one test image (batch 1, median of 5 after a warm-up,
+data mapping excluded).
+
+``bccd/faster_rcnn``, ``bccd/retinanet``: ``configs/bccd/{faster_rcnn,retinanet}_R34_FPN.yaml``,
+bccd_train -> bccd_test (the split of the ``bccd/yolov3`` and ``bccd/ssd300`` rows), COCOEvaluator:
+rows ``<name>`` = AP (fraction), ``/AP50``, ``/AP50/<class>`` (from pycocotools' precision
+array at IoU 0.5, area "all", 100 detections), ``/latency_ms`` (one 640x480 image resized to the
+test size), ``/peak_train_mem`` (MiB).
+
+``wbc_seg/deeplabv3/<mode>``: ``configs/wbc_seg/deeplabv3_R34_<mode>.yaml`` on
+``wbc_seg_<mode>_train`` -> ``_test`` (converters.builtin, the seeded 80/20 split that the
+``wbc_seg`` U-Net rows use by default), SegmentationMetricsEvaluator at 300x300: ``<name>`` =
+foreground Dice, ``/mIoU``, ``/pixel_acc`` (fractions), ``/latency_ms``, ``/peak_train_mem``.
+
+``wbc_seg/mask_rcnn/binary``: ``configs/wbc_seg/mask_rcnn_R34_FPN.yaml`` on ``wbc_inst_train`` ->
+``wbc_inst_test``; COCO segm AP (``/segm_AP``) and, through ``TEST.MASK_SEM_SEG_DATASETS``, the
+same Dice / mIoU / pixel accuracy against ``wbc_seg_binary_test``'s label maps.
+"""
+import argparse
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tools.bench.common import Result, time_call
+
+logger = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def add_arguments(parser):
+    for args, kw in [
+        (("--budget-min",), dict(type=float, default=10.0, help="training budget in minutes per model")),
+        (("--rcnn-out",), dict(default=None, help="rcnn / deeplab rows: folder for the runs (default: a temp dir)")),
+    ]:
+        try:
+            parser.add_argument(*args, **kw)
+        except argparse.ArgumentError:
+            pass
+
+
+def _ensure_datasets(*names):
+    try:
+        from converters.builtin import register_builtin_datasets
+    except ImportError:
+        raise SystemExit("these rows need the converters package (real dataset registration)")
+    register_builtin_datasets()
+    from detectron2.data import DatasetCatalog
+
+    missing = [n for n in names if n not in DatasetCatalog.list()]
+    if missing:
+        raise SystemExit(f"datasets {missing} not found (set D2EXT_SHARED_DATA to the folder holding "
+                         f"bccd/ and wbc_seg/)")
+
+
+def _seconds_per_iter(cfg, repeat: int = 2) -> float:
+    """Median time of forward + backward + SGD step on one real training batch."""
+    import torch
+    from detectron2.data import build_detection_train_loader
+    from detectron2.modeling import build_model
+
+    from d2ext.data import build_dataset_mapper
+
+    batch = next(iter(build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))))
+    model = build_model(cfg).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
+    times = []
+    for i in range(repeat + 1):
+        t0 = time.perf_counter()
+        loss = sum(model(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _train(config: Path, out_dir: Path, budget_min: float, extra_opts=()):
+    """Train ``config`` within the budget in a subprocess; returns (cfg, max_iter, minutes, peak MiB)."""
+    from d2ext.engine import setup_cfg
+
+    base_opts = ["MODEL.DEVICE", "cpu", "SEED", "0", *extra_opts]
+    probe = setup_cfg(str(config), base_opts + ["DATALOADER.NUM_WORKERS", "0"])
+    # Data loading, logging and checkpointing cost ~25% on top of the compute timed here.
+    max_iter = max(20, int(0.75 * 60.0 * budget_min / _seconds_per_iter(probe)))
+    opts = base_opts + [
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.STEPS", f"({int(0.8 * max_iter)}, {int(0.93 * max_iter)})",
+        "SOLVER.WARMUP_ITERS", str(min(100, max(1, max_iter // 10))),
+        "SOLVER.CHECKPOINT_PERIOD", str(10**9),
+        "DATASETS.TEST", "()",  # evaluated below, in this process
+        "OUTPUT_DIR", str(out_dir),
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir.parent / f"{out_dir.name}.log"
+    logger.info("%s: %d iterations for a %.1f-minute budget (log %s)", config.name, max_iter, budget_min, log_path)
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config), *opts]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    minutes = (time.perf_counter() - t0) / 60
+    if proc.returncode != 0:
+        raise RuntimeError(f"{config.name}: train_net.py exited {proc.returncode}; see {log_path}")
+    peak_mib = usage.ru_maxrss / 1024.0  # Linux: KiB
+    cfg = setup_cfg(str(config), base_opts + ["OUTPUT_DIR", str(out_dir), "DATALOADER.NUM_WORKERS", "0"])
+    return cfg, max_iter, minutes, peak_mib
+
+
+def _load_and_test(cfg):
+    """(model, results of Trainer.test on cfg.DATASETS.TEST)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from d2ext.engine import Trainer
+
+    model = Trainer.build_model(cfg)
+    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+    model.eval()
+    return model, Trainer.test(cfg, model)
+
+
+def _latency_ms(cfg, model) -> float:
+    """Median ms of the model's forward on the first test image (batch 1, mapped once)."""
+    import torch
+    from detectron2.data import DatasetCatalog
+
+    from d2ext.data import build_dataset_mapper
+
+    inputs = [build_dataset_mapper(cfg, False)(DatasetCatalog.get(cfg.DATASETS.TEST[0])[0])]
+    model.eval()
+    with torch.no_grad():
+        times = time_call(lambda: model(inputs), repeat=5, warmup=1)
+    return 1000 * statistics.median(times)
+
+
+def _per_class_ap50(eval_dir: Path):
+    """AP50 per category from COCOEvaluator's files in ``eval_dir`` (pycocotools precision array)."""
+    import json
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(str(next(eval_dir.glob("*_coco_format.json"))))
+    with open(eval_dir / "coco_instances_results.json") as f:
+        dets = json.load(f)
+    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    if not dets:
+        return {n: 0.0 for n in names.values()}
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    prec = ev.eval["precision"]  # (T, R, K, A, M): T 0 = IoU 0.5, A 0 = all areas, M -1 = 100 dets
+    out = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = prec[0, :, k, 0, -1]
+        p = p[p > -1]
+        out[names[int(cat_id)]] = float(p.mean()) if p.size else float("nan")
+    return out
+
+
+def _out_root(args) -> Path:
+    if getattr(args, "rcnn_out", None):
+        return Path(args.rcnn_out)
+    if not hasattr(args, "_rcnn_tmp"):
+        args._rcnn_tmp = tempfile.mkdtemp(prefix="d2ext_rcnn_")
+    return Path(args._rcnn_tmp)
+
+
+def _threads_note():
+    return f"OMP threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+
+
+def _run_bccd(row: str, config_name: str, args):
+    _ensure_datasets("bccd_train", "bccd_test")
+    config = REPO / "configs" / "bccd" / config_name
+    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
+    model, res = _load_and_test(cfg)
+    eval_dir = Path(cfg.OUTPUT_DIR) / "inference" / cfg.DATASETS.TEST[0]
+    per_class = _per_class_ap50(eval_dir)
+    bbox = res["bbox"]
+    note = (f"from scratch, {max_iter} iters x {cfg.SOLVER.IMS_PER_BATCH} imgs, {minutes:.1f} min train "
+            f"(CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
+    rows = [Result(row, bbox["AP"] / 100, "AP", notes=note), Result(f"{row}/AP50", bbox["AP50"] / 100, "AP50")]
+    rows += [Result(f"{row}/AP50/{c}", v, "AP50") for c, v in per_class.items()]
+    rows.append(Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
+                       notes=f"one 640x480 image at test size {cfg.INPUT.MIN_SIZE_TEST}, batch 1, CPU, {_threads_note()}"))
+    rows.append(Result(f"{row}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process"))
+    return rows
+
+
+def run_bccd_faster_rcnn(args):
+    """Faster R-CNN R34-FPN on BCCD: AP, AP50, per-class AP50, latency, peak memory."""
+    return _run_bccd("bccd/faster_rcnn", "faster_rcnn_R34_FPN.yaml", args)
+
+
+def run_bccd_retinanet(args):
+    """RetinaNet R34-FPN (focal loss 0.25 / 2) on BCCD: AP, AP50, per-class AP50, latency, memory."""
+    return _run_bccd("bccd/retinanet", "retinanet_R34_FPN.yaml", args)
+
+
+def _seg_rows(row, scores, note):
+    return [Result(row, scores["fgDice"] / 100, "Dice", notes=note),
+            Result(f"{row}/mIoU", scores["mIoU"] / 100, "IoU"),
+            Result(f"{row}/pixel_acc", scores["pACC"] / 100, "acc")]
+
+
+def _run_deeplab(mode: str, args):
+    _ensure_datasets(f"wbc_seg_{mode}_train", f"wbc_seg_{mode}_test")
+    row = f"wbc_seg/deeplabv3/{mode}"
+    config = REPO / "configs" / "wbc_seg" / f"deeplabv3_R34_{mode}.yaml"
+    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
+    model, res = _load_and_test(cfg)
+    note = (f"DeepLabv3 dilated R34 OS16, from scratch, {max_iter} iters in {minutes:.1f} min CPU "
+            f"(budget {args.budget_min:g} min), short side {cfg.INPUT.MIN_SIZE_TEST}")
+    return _seg_rows(row, res["sem_seg"], note) + [
+        Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
+               notes=f"one 300x300 image, batch 1, CPU, {_threads_note()}"),
+        Result(f"{row}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process"),
+    ]
+
+
+def run_deeplab_binary(args):
+    """DeepLabv3 R34 on WBC, binary: foreground Dice, mIoU, pixel accuracy, latency, memory."""
+    return _run_deeplab("binary", args)
+
+
+def run_deeplab_3class(args):
+    """DeepLabv3 R34 on WBC, 3 classes: foreground Dice, mIoU, pixel accuracy, latency, memory."""
+    return _run_deeplab("3class", args)
+
+
+def run_mask_rcnn_binary(args):
+    """Mask R-CNN R34-FPN on the WBC instance view: Dice vs the U-Net masks, segm AP, latency."""
+    _ensure_datasets("wbc_inst_train", "wbc_inst_test", "wbc_seg_binary_test")
+    row = "wbc_seg/mask_rcnn/binary"
+    config = REPO / "configs" / "wbc_seg" / "mask_rcnn_R34_FPN.yaml"
+    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
+    model, res = _load_and_test(cfg)
+    note = (f"instance masks painted (score >= {cfg.TEST.MASK_SEM_SEG_SCORE_THRESH}) and scored on "
+            f"wbc_seg_binary_test; from scratch, {max_iter} iters in {minutes:.1f} min CPU "
+            f"(budget {args.budget_min:g} min)")
+    return _seg_rows(row, res["mask_sem_seg"], note) + [
+        Result(f"{row}/segm_AP", res["segm"]["AP"] / 100, "AP", notes="COCO mask AP on wbc_inst_test"),
+        Result(f"{row}/box_AP", res["bbox"]["AP"] / 100, "AP"),
+        Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
+               notes=f"one 300x300 image, batch 1, CPU, {_threads_note()}"),
+        Result(f"{row}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process"),
+    ]
+
+
+ROWS = {
+    "bccd/faster_rcnn": run_bccd_faster_rcnn,
+    "bccd/retinanet": run_bccd_retinanet,
+    "wbc_seg/deeplabv3/binary": run_deeplab_binary,
+    "wbc_seg/deeplabv3/3class": run_deeplab_3class,
+    "wbc_seg/mask_rcnn/binary": run_mask_rcnn_binary,
+}
