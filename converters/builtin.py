@@ -15,6 +15,8 @@ simply not registered. Calling it twice is harmless. Returns the names registere
                     no height/width; ``file_name`` points to ``widerface/WIDER_val/images/...``).
                     Metadata ``widerface_gt_dir`` = ``eval_tools/ground_truth``, evaluator_type
                     "widerface"
+``widerface_train`` WIDER Face train, only when ``wider_face_split/wider_face_train_bbx_gt.txt``
+                    and ``WIDER_train/images`` both exist (a user's full download)
 ``coco_kp_train``   COCO person keypoints subset (train2017 json + images), full keypoint
 ``coco_kp_val``     metadata, ``json_file``, evaluator_type "coco"
 ``wbc_seg_binary_*`` WBC masks (``_train`` 80 / ``_test`` 20 images, seeded split), labels
@@ -58,7 +60,15 @@ def _register_widerface(root: Path) -> List[str]:
     gt_dir = base / "eval_tools" / "ground_truth"
     register_widerface("widerface_val", ann, images, gt_dir=gt_dir if gt_dir.is_dir() else None,
                        read_sizes=images.is_dir())
-    return ["widerface_val"]
+    names = ["widerface_val"]
+    # The training split needs the full official train file and its images (a user's download;
+    # the shared data holds only its first 4 entries, which are not registered).
+    train_ann = base / "wider_face_split" / "wider_face_train_bbx_gt.txt"
+    train_images = base / "WIDER_train" / "images"
+    if train_ann.is_file() and train_images.is_dir():
+        register_widerface("widerface_train", train_ann, train_images)
+        names.append("widerface_train")
+    return names
 
 
 def _register_coco_kp(root: Path) -> List[str]:

@@ -125,3 +125,18 @@ def test_build_evaluator_adds_mask_sem_seg_from_config(tmp_path):
     cfg = setup_cfg("configs/wbc_seg/mask_rcnn_R34_FPN.yaml", ["DATASETS.TEST", '("shapes_tiny_val",)'] + opts)
     with pytest.raises(ValueError, match="thing classes"):
         build_evaluator(cfg, "shapes_tiny_val", str(tmp_path))
+
+
+def test_tiny_keypoint_set_has_coco_person_layout():
+    from detectron2.data import MetadataCatalog
+
+    records = DatasetCatalog.get("kp_tiny_val")
+    meta = MetadataCatalog.get("kp_tiny_val")
+    assert len(records) == 8 and len(meta.keypoint_names) == 17 and meta.evaluator_type == "coco"
+    assert ("left_wrist", "right_wrist") in [tuple(p) for p in meta.keypoint_flip_map]
+    for rec in records:
+        for ann in rec["annotations"]:
+            kp = np.array(ann["keypoints"]).reshape(17, 3)
+            x0, y0, x1, y1 = ann["bbox"]
+            assert (kp[:, 2] == 2).all()
+            assert (kp[:, 0] >= x0).all() and (kp[:, 0] <= x1).all() and (kp[:, 1] >= y0).all() and (kp[:, 1] <= y1).all()

@@ -55,7 +55,8 @@ class ClassificationHead(nn.Module):
             self.add_module(name, module)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.adaptive_avg_pool2d(x, self.pool_size)
+        if x.shape[-2:] != (self.pool_size, self.pool_size):  # identity otherwise (LeNet's 5x5)
+            x = F.adaptive_avg_pool2d(x, self.pool_size)
         x = torch.flatten(x, 1)
         for module in self.children():
             x = module(x)

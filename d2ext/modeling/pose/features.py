@@ -13,8 +13,8 @@ Normalisation ("torso"): translate so the mid-hip is the origin, divide by
 
 (torso_scale 2.5: a standing adult is about 2.5 torsos tall; taking the max keeps short or
 foreshortened torsos, e.g. a crouched sweep, from blowing the pose up). The result is invariant to
-translating and scaling the person. "image" divides by the image size only (the un-normalised
-baseline).
+translating and scaling the person. "image" only divides by the image size and centres on the
+image (``x / width - 0.5``; the un-normalised baseline).
 
 Feature vector (:class:`PoseFeatureExtractor`), per person:
 
@@ -222,7 +222,7 @@ class PoseFeatureExtractor:
 
     Args:
         normalization: ``"torso"`` (mid-hip origin, torso scale; translation/scale invariant) or
-            ``"image"`` (x / width, y / height: the un-normalised baseline).
+            ``"image"`` (x / width - 0.5, y / height - 0.5: the un-normalised baseline).
         joint_angles / wrist_height: append the engineered features (each with its mask).
     """
 
@@ -260,7 +260,9 @@ class PoseFeatureExtractor:
             kps = keypoints.double()
             mask = keypoint_mask(kps, self.score_threshold)
             wh = image_sizes.to(kps).flip(-1).clamp(min=1)[:, None, :]
-            xy = torch.where(mask[..., None], kps[..., :2] / wh, torch.zeros_like(kps[..., :2]))
+            # centred on the image (-0.5..0.5): a fair baseline for the MLP, still neither
+            # translation- nor scale-invariant
+            xy = torch.where(mask[..., None], kps[..., :2] / wh - 0.5, torch.zeros_like(kps[..., :2]))
         feats = [xy.flatten(1), mask.float()]
         if self.use_joint_angles:
             ang, valid = joint_angles(xy, mask)
