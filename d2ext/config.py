@@ -27,8 +27,8 @@ def add_d2ext_config(cfg: CN) -> CN:
 
 
 def _add_data_config(cfg: CN) -> None:
-    # Name in d2ext.data.DATASET_MAPPER_REGISTRY; "" = pick by task (Detectron2's DatasetMapper
-    # for detection/instance/keypoint/sem-seg models, the classification mapper for classifiers).
+    # Name in d2ext.data.DATASET_MAPPER_REGISTRY; "" = Detectron2's DatasetMapper (detection,
+    # instances, keypoints, sem-seg). Classifier configs set "ClassificationDatasetMapper".
     cfg.INPUT.DATASET_MAPPER_NAME = ""
     # Synthetic shapes dataset (the demo and the tests): where generated images are cached.
     cfg.DATASETS.SYNTHETIC_ROOT = ""  # "" = $D2EXT_CACHE or ~/.cache/d2ext

@@ -77,9 +77,9 @@ def test_head_layer_order_follows_each_network():
 
 
 def test_missing_backbone_feature_is_a_clear_error():
+    cfg = setup_cfg(GOOGLENET, ["MODEL.GOOGLENET.OUT_FEATURES", '["inception5b"]'])
     with pytest.raises(ValueError, match="inception4a.*OUT_FEATURES"):
-        setup_cfg_model = setup_cfg(GOOGLENET, ["MODEL.GOOGLENET.OUT_FEATURES", '["inception5b"]'])
-        ImageClassifier(setup_cfg_model)
+        ImageClassifier(cfg)
 
 
 # ----------------------------------------------------------------------------------- mapper

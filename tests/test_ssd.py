@@ -27,10 +27,9 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, Instances
 
-tv_detection = pytest.importorskip("torchvision.models.detection")
-from torchvision.models.detection import _utils as tv_det_utils  # noqa: E402
-from torchvision.models.detection.anchor_utils import DefaultBoxGenerator  # noqa: E402
-from torchvision.models.detection.image_list import ImageList as TVImageList  # noqa: E402
+from torchvision.models.detection import _utils as tv_det_utils
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList as TVImageList
 
 REPO = Path(__file__).resolve().parents[1]
 SSD300_ARGS = dict(

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 
 __all__ = ["Stage", "StagedBackbone", "activation_layer", "rename_state_dict"]

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.structures import ImageList
 
