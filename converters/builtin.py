@@ -107,7 +107,8 @@ def _register_wbc_seg(root: Path) -> List[str]:
 
 def _register_cricket(root: Path) -> List[str]:
     """cricket_{train,val,test} from ``$D2EXT_CRICKET_ROOT`` or ``<data>/cricket`` (one folder per
-    shot) when present; group-aware seeded split (seed 0)."""
+    shot) when present; group-aware seeded split (seed 0). ``$D2EXT_CRICKET_KEYPOINTS`` names a
+    keypoint results file (``tools/extract_keypoints.py`` output) to attach to the records."""
     import os
 
     from .cricket import register_cricket
@@ -115,7 +116,8 @@ def _register_cricket(root: Path) -> List[str]:
     folder = Path(os.environ.get("D2EXT_CRICKET_ROOT") or root / "cricket")
     if not folder.is_dir():
         return []
-    return register_cricket("cricket", folder, seed=0)
+    keypoints = os.environ.get("D2EXT_CRICKET_KEYPOINTS") or None
+    return register_cricket("cricket", folder, seed=0, keypoints_file=keypoints)
 
 
 def register_builtin_datasets(root=None) -> List[str]:
@@ -132,8 +134,6 @@ def register_builtin_datasets(root=None) -> List[str]:
     # ---- other converters register here: add one line per dataset family ----------------
     names += _register_wbc_seg(root)
     names += _register_cricket(root)
-    # (e.g. ``names += _register_wbc_seg(root)`` / ``names += _register_cricket(root)``, each a
-    # small function above that checks its files exist and calls its module's register_*.)
     # ---------------------------------------------------------------------------------------
     logger.info("registered real datasets from %s: %s", root, ", ".join(names) or "none")
     return names

@@ -211,3 +211,36 @@ def test_cached_mapper_mirror_and_model_errors(repo_root):
                  person_scores=torch.zeros(0))
     o = model([empty])[0]
     assert o["person_index"] == -1 and o["num_persons"] == 0 and (o["keypoints"] == 0).all()
+
+
+def test_classification_evaluator_confusion_from_pose_outputs(tmp_path):
+    """PoseShotClassifier outputs go straight into the shared ClassificationEvaluator."""
+    from d2ext.evaluation.classification import ClassificationEvaluator
+
+    ev = ClassificationEvaluator("unused", output_dir=str(tmp_path), distributed=False, class_names=["cut", "pull"])
+    ev.reset()
+    inputs = [{"label": 0}, {"label": 1}, {"label": 1}, {"label": 0}]
+    probs = [[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2]]
+    ev.process(inputs, [{"scores": torch.tensor(p), "keypoints": torch.zeros(17, 3)} for p in probs])
+    res = ev.evaluate()["classification"]
+    assert res["top1"] == pytest.approx(75.0)
+    assert json.loads((tmp_path / "metrics.json").read_text())["confusion"] == [[2, 0], [1, 1]]
+
+
+def test_draw_pose_shot():
+    from d2ext.modeling.pose import generate_poses
+    from d2ext.utils.pose_vis import draw_pose_inset, draw_pose_shot
+
+    kps = generate_poses(1, seed=0, missing_prob=0.0, torso_px_range=(80, 90))["keypoints"][0]
+    image = np.full((240, 320, 3), 90, np.uint8)
+    out = draw_pose_shot(image, kps, torch.tensor([0.2, 0.8]), ["cut", "pull"], inset_size=80)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    inset = draw_pose_inset(kps, 80)
+    assert np.array_equal(out[:80, 240:], inset)  # the normalised pose, top-right
+    assert (inset != 255).any(axis=2).sum() > 50  # something is drawn on the white panel
+    none = draw_pose_shot(image, None, torch.tensor([0.6, 0.4]), ["cut", "pull"])
+    assert (none[:80, 240:] == 90).all()  # no person: no inset
+    # the skeleton: pixels change around the joints (below the text / inset rows)
+    changed = (out != none).any(axis=2)
+    joints = [(int(y), int(x)) for x, y, _ in kps if 80 <= y < 240 and 0 <= x < 320]
+    assert joints and sum(changed[y - 2:y + 3, x - 2:x + 3].any() for y, x in joints) >= 0.8 * len(joints)

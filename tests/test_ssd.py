@@ -365,3 +365,24 @@ def test_ssd300_trains_and_evaluates_on_bccd_through_train_net(shared_data, run_
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in log
     assert (tmp_path / "inference" / "bccd_test" / "coco_instances_results.json").is_file()
     assert (tmp_path / "model_final.pth").is_file()
+
+
+@pytest.mark.slow
+def test_convert_weights_cli_to_model_weights(tv_and_ours, tmp_path, run_tool):
+    """The user path: torchvision file -> tools/convert_weights.py --arch ssd300_vgg16 ->
+    MODEL.WEIGHTS of configs/coco/ssd300_vgg16_torchvision.yaml: every tensor arrives intact."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    tv = tv_and_ours[0]
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    run_tool("convert_weights.py", "--arch", "ssd300_vgg16", "--input", tmp_path / "tv.pth",
+             "--output", tmp_path / "d2.pth")
+    cfg = setup_cfg(str(REPO / "configs/coco/ssd300_vgg16_torchvision.yaml"),
+                    ["MODEL.SSD.NUM_CLASSES", 3, "MODEL.WEIGHTS", str(tmp_path / "d2.pth")])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    expected = convert_torchvision_ssd300_vgg16(tv.state_dict())
+    ours = model.state_dict()
+    assert set(expected) <= set(ours)
+    for key, value in expected.items():
+        assert torch.equal(ours[key], value), key

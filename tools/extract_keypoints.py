@@ -56,6 +56,7 @@ def build_parser():
     p.add_argument("--min-score", type=float, default=0.0, help="drop persons below this detection score")
     p.add_argument("--max-persons", type=int, default=10, help="keep at most this many persons per image")
     p.add_argument("--save-every", type=int, default=50, help="rewrite --out every N images")
+    p.add_argument("--limit", type=int, default=0, help="only the first N images (0 = all)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="keypoint config overrides KEY VALUE ...")
     return p
 
@@ -147,6 +148,8 @@ def main(argv=None):
     setup_tool_logger()
     cfg = load_keypoint_model_cfg(args.config_file, args.weights, args.opts)
     images = list_images(args)
+    if args.limit > 0:
+        images = images[:args.limit]
     if not images:
         raise SystemExit("extract_keypoints: no images found")
     data = load_existing(args.out)

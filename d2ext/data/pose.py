@@ -9,7 +9,7 @@ images, keypoints only; evaluator_type "classification"): ``pose_synthetic_train
 seed 0), ``pose_synthetic_test`` (1000, seed 1); 30 % of the images hold a second, smaller person.
 """
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch

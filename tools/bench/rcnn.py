@@ -177,6 +177,13 @@ def _per_class_ap50(eval_dir: Path):
     return out
 
 
+def _ap(res, task: str, key: str = "AP") -> float:
+    """COCO ``res[task][key]`` as a fraction; 0 when the model made no detection (Detectron2
+    then reports NaN, or leaves the task out when no prediction carries it)."""
+    v = res.get(task, {}).get(key, float("nan"))
+    return 0.0 if v != v else v / 100
+
+
 def _out_root(args) -> Path:
     if getattr(args, "rcnn_out", None):
         return Path(args.rcnn_out)
@@ -196,10 +203,9 @@ def _run_bccd(row: str, config_name: str, args):
     model, res = _load_and_test(cfg)
     eval_dir = Path(cfg.OUTPUT_DIR) / "inference" / cfg.DATASETS.TEST[0]
     per_class = _per_class_ap50(eval_dir)
-    bbox = res["bbox"]
     note = (f"from scratch, {max_iter} iters x {cfg.SOLVER.IMS_PER_BATCH} imgs, {minutes:.1f} min train "
             f"(CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
-    rows = [Result(row, bbox["AP"] / 100, "AP", notes=note), Result(f"{row}/AP50", bbox["AP50"] / 100, "AP50")]
+    rows = [Result(row, _ap(res, "bbox"), "AP", notes=note), Result(f"{row}/AP50", _ap(res, "bbox", "AP50"), "AP50")]
     rows += [Result(f"{row}/AP50/{c}", v, "AP50") for c, v in per_class.items()]
     rows.append(Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
                        notes=f"one 640x480 image at test size {cfg.INPUT.MIN_SIZE_TEST}, batch 1, CPU, {_threads_note()}"))
@@ -259,8 +265,8 @@ def run_mask_rcnn_binary(args):
             f"wbc_seg_binary_test; from scratch, {max_iter} iters in {minutes:.1f} min CPU "
             f"(budget {args.budget_min:g} min)")
     return _seg_rows(row, res["mask_sem_seg"], note) + [
-        Result(f"{row}/segm_AP", res["segm"]["AP"] / 100, "AP", notes="COCO mask AP on wbc_inst_test"),
-        Result(f"{row}/box_AP", res["bbox"]["AP"] / 100, "AP"),
+        Result(f"{row}/segm_AP", _ap(res, "segm"), "AP", notes="COCO mask AP on wbc_inst_test"),
+        Result(f"{row}/box_AP", _ap(res, "bbox"), "AP"),
         Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
                notes=f"one 300x300 image, batch 1, CPU, {_threads_note()}"),
         Result(f"{row}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process"),

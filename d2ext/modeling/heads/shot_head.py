@@ -3,8 +3,6 @@
 Heads live in :data:`SHOT_HEAD_REGISTRY` and are built by :func:`build_shot_head` from
 ``cfg.MODEL.POSE_SHOT.HEAD.NAME``; ``PoseShotClassifier`` gives them the feature size.
 """
-from typing import Sequence
-
 import torch
 from torch import nn
 from detectron2.config import configurable
