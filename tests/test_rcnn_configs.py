@@ -42,7 +42,7 @@ CASES = {
 
 
 def _last_metrics(out_dir):
-    """The last line of Detectron2's metrics.json (losses of the last logged iteration)."""
+    """Every record of Detectron2's metrics.json (one per logged iteration)."""
     lines = (out_dir / "metrics.json").read_text().strip().splitlines()
     return [json.loads(line) for line in lines]
 
