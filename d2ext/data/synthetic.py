@@ -11,13 +11,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CLASSES", "generate_shapes", "register_shapes", "default_cache_root"]
+from ..utils.io import atomic_save_png, atomic_write_json
+
+__all__ = ["SHAPE_CLASSES", "generate_shapes", "register_shapes", "default_cache_root",
+           "cached_synthetic_folder", "generate_detection_records", "register_synthetic"]
 
 SHAPE_CLASSES = ["circle", "square", "triangle"]
 
@@ -73,6 +75,65 @@ def _make_record(rng: np.random.Generator, size: int, max_objects: int):
     return img, annos
 
 
+def cached_synthetic_folder(key: str, root: Optional[str], write: Callable[[str], object]) -> str:
+    """``<root>/<key>/``, filled once by ``write(folder)``; its return value is saved as
+    ``index.json``, written last and atomically, so an interrupted folder is regenerated."""
+    folder = os.path.join(root or default_cache_root(), key)
+    index = os.path.join(folder, "index.json")
+    if not os.path.exists(index):
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_json(write(folder), index)
+    return folder
+
+
+def synthetic_image_id(key: str, i: int) -> int:
+    """Image ids unique across synthetic sets (COCO evaluation keys images by id)."""
+    return int(hashlib.md5(key.encode()).hexdigest()[:6], 16) * 100000 + i
+
+
+def generate_detection_records(key: str, num_images: int, image_size: int, seed: int,
+                               make_record: Callable, root: Optional[str] = None) -> List[Dict]:
+    """Dataset dicts of a cached synthetic detection set; ``make_record(rng)`` returns
+    ``(PIL image, annotations with XYXY boxes)`` and is called ``num_images`` times in order."""
+    from detectron2.structures import BoxMode
+
+    def write(folder):
+        rng = np.random.default_rng(seed)
+        records = []
+        for i in range(num_images):
+            img, annos = make_record(rng)
+            atomic_save_png(np.asarray(img), os.path.join(folder, f"{i:05d}.png"))
+            records.append({"file_name": f"{i:05d}.png", "annotations": annos})
+        return records
+
+    folder = cached_synthetic_folder(key, root, write)
+    with open(os.path.join(folder, "index.json")) as f:
+        records = json.load(f)
+    return [
+        {
+            "file_name": os.path.join(folder, r["file_name"]),
+            "height": image_size, "width": image_size,
+            "image_id": synthetic_image_id(key, i),
+            "annotations": [dict(a, bbox_mode=BoxMode.XYXY_ABS) for a in r["annotations"]],
+        }
+        for i, r in enumerate(records)
+    ]
+
+
+def register_synthetic(name: str, loader: Callable[[], List[Dict]], args: tuple, **metadata) -> None:
+    """Register ``loader`` under ``name``; again with the same ``args`` is a no-op, with other
+    ``args`` an error (two different datasets must not share a name)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    meta = MetadataCatalog.get(name)
+    if name in DatasetCatalog.list():
+        if getattr(meta, "d2ext_synthetic_args", None) == args:
+            return
+        raise ValueError(f"dataset {name!r} is already registered with different arguments")
+    DatasetCatalog.register(name, loader)
+    meta.set(d2ext_synthetic_args=args, **metadata)
+
+
 def generate_shapes(
     num_images: int, image_size: int = 128, seed: int = 0, max_objects: int = 4,
     root: Optional[str] = None,
@@ -81,38 +142,9 @@ def generate_shapes(
 
     The same arguments always give the same images and annotations.
     """
-    from detectron2.structures import BoxMode
-
     key = f"shapes_n{num_images}_s{image_size}_seed{seed}_m{max_objects}"
-    folder = os.path.join(root or default_cache_root(), key)
-    index = os.path.join(folder, "annotations.json")
-    if not os.path.exists(index):
-        os.makedirs(folder, exist_ok=True)
-        rng = np.random.default_rng(seed)
-        records = []
-        for i in range(num_images):
-            img, annos = _make_record(rng, image_size, max_objects)
-            fname = f"{i:05d}.png"
-            img.save(os.path.join(folder, fname))
-            records.append({"file_name": fname, "annotations": annos})
-        # Written last and atomically: a folder without index.json is regenerated.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(records, f)
-        os.replace(tmp, index)
-    with open(index) as f:
-        records = json.load(f)
-    digest = int(hashlib.md5(key.encode()).hexdigest()[:6], 16)
-    out = []
-    for i, r in enumerate(records):
-        annos = [dict(a, bbox_mode=BoxMode.XYXY_ABS) for a in r["annotations"]]
-        out.append({
-            "file_name": os.path.join(folder, r["file_name"]),
-            "height": image_size, "width": image_size,
-            "image_id": digest * 100000 + i,
-            "annotations": annos,
-        })
-    return out
+    return generate_detection_records(key, num_images, image_size, seed,
+                                      lambda rng: _make_record(rng, image_size, max_objects), root)
 
 
 def register_shapes(
@@ -120,13 +152,6 @@ def register_shapes(
     root: Optional[str] = None,
 ) -> None:
     """Register a synthetic shapes split under ``name`` (COCO-style evaluation)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     args = (num_images, image_size, seed, max_objects, root)
-    meta = MetadataCatalog.get(name)
-    if name in DatasetCatalog.list():
-        if getattr(meta, "d2ext_synthetic_args", None) == args:
-            return
-        raise ValueError(f"dataset {name!r} is already registered with different arguments")
-    DatasetCatalog.register(name, lambda: generate_shapes(*args))
-    meta.set(thing_classes=list(SHAPE_CLASSES), evaluator_type="coco", d2ext_synthetic_args=args)
+    register_synthetic(name, lambda: generate_shapes(*args), args,
+                       thing_classes=list(SHAPE_CLASSES), evaluator_type="coco")

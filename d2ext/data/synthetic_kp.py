@@ -9,16 +9,12 @@ visible (v = 2). Records carry ``bbox`` (XYXY, the keypoints' extent plus a marg
 ``keypoints`` (51 floats) and ``category_id`` 0 ("person"); ``evaluator_type`` "coco" gives OKS
 AP with COCO's sigmas.
 """
-import hashlib
-import json
-import os
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import default_cache_root
+from .synthetic import generate_detection_records, register_synthetic
 
 __all__ = ["PERSON_KEYPOINT_NAMES", "PERSON_KEYPOINT_FLIP_MAP", "generate_keypoint_figures",
            "register_keypoint_figures"]
@@ -69,60 +65,21 @@ def _make_record(rng: np.random.Generator, size: int, max_objects: int):
 def generate_keypoint_figures(num_images: int, image_size: int = 64, seed: int = 0, max_objects: int = 2,
                               root: Optional[str] = None) -> List[Dict]:
     """Generate (or reuse from the cache) the images; return Detectron2 dataset dicts."""
-    from detectron2.structures import BoxMode
-
     key = f"kpfig_n{num_images}_s{image_size}_seed{seed}_m{max_objects}"
-    folder = os.path.join(root or default_cache_root(), key)
-    index = os.path.join(folder, "annotations.json")
-    if not os.path.exists(index):
-        os.makedirs(folder, exist_ok=True)
-        rng = np.random.default_rng(seed)
-        records = []
-        for i in range(num_images):
-            img, annos = _make_record(rng, image_size, max_objects)
-            fname = f"{i:05d}.png"
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-            os.close(fd)
-            img.save(tmp, format="PNG")
-            os.replace(tmp, os.path.join(folder, fname))
-            records.append({"file_name": fname, "annotations": annos})
-        # Written last and atomically: a folder without annotations.json is regenerated.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(records, f)
-        os.replace(tmp, index)
-    with open(index) as f:
-        records = json.load(f)
-    digest = int(hashlib.md5(key.encode()).hexdigest()[:6], 16)
-    return [
-        {
-            "file_name": os.path.join(folder, r["file_name"]),
-            "height": image_size, "width": image_size,
-            "image_id": digest * 100000 + i,
-            "annotations": [dict(a, bbox_mode=BoxMode.XYXY_ABS) for a in r["annotations"]],
-        }
-        for i, r in enumerate(records)
-    ]
+    return generate_detection_records(key, num_images, image_size, seed,
+                                      lambda rng: _make_record(rng, image_size, max_objects), root)
 
 
 def register_keypoint_figures(name: str, num_images: int, image_size: int = 64, seed: int = 0,
                               max_objects: int = 2, root: Optional[str] = None) -> None:
     """Register a synthetic stick-figure split under ``name`` (keypoint metadata as COCO person)."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
     args = (num_images, image_size, seed, max_objects, root)
-    meta = MetadataCatalog.get(name)
-    if name in DatasetCatalog.list():
-        if getattr(meta, "d2ext_synthetic_args", None) == args:
-            return
-        raise ValueError(f"dataset {name!r} is already registered with different arguments")
-    DatasetCatalog.register(name, lambda: generate_keypoint_figures(*args))
-    meta.set(
+    register_synthetic(
+        name, lambda: generate_keypoint_figures(*args), args,
         thing_classes=["person"],
         keypoint_names=list(PERSON_KEYPOINT_NAMES),
         keypoint_flip_map=list(PERSON_KEYPOINT_FLIP_MAP),
         keypoint_connection_rules=[(PERSON_KEYPOINT_NAMES[a], PERSON_KEYPOINT_NAMES[b], (200, 200, 200))
                                    for a, b in _LIMBS],
         evaluator_type="coco",
-        d2ext_synthetic_args=args,
     )

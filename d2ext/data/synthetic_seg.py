@@ -16,13 +16,13 @@ Two knobs make the task hard for global thresholding while staying easy for a CN
   in texture. With ``texture > 0`` and ``contrast == 0`` thresholding fails by construction.
 """
 import hashlib
-import json
 import os
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
-from PIL import Image
+
+from ..utils.io import atomic_save_png
+from .synthetic import cached_synthetic_folder, default_cache_root, register_synthetic, synthetic_image_id
 
 __all__ = ["SYNTHETIC_SEG_CLASSES", "make_seg_sample", "generate_synthetic_seg", "register_synthetic_seg"]
 
@@ -75,13 +75,6 @@ def make_seg_sample(
     return np.repeat(img[..., None], 3, axis=2), label
 
 
-def _atomic_save_png(array: np.ndarray, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".png.tmp")
-    os.close(fd)
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 def generate_synthetic_seg(
     root: str,
     num_images: int,
@@ -98,28 +91,23 @@ def generate_synthetic_seg(
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     kw = ",".join(f"{k}={sample_kwargs[k]}" for k in sorted(sample_kwargs))
     key = f"seg_n{num_images}_{h}x{w}_seed{seed}_c{num_classes}_" + hashlib.md5(kw.encode()).hexdigest()[:8]
-    folder = os.path.join(root, key)
-    index = os.path.join(folder, "index.json")
-    if not os.path.exists(index):
-        os.makedirs(folder, exist_ok=True)
+
+    def write(folder):
         rng = np.random.default_rng(seed)
         for i in range(num_images):
             img, label = make_seg_sample(rng, h, w, num_classes=num_classes, **sample_kwargs)
-            _atomic_save_png(img, os.path.join(folder, f"{i:05d}.png"))
-            _atomic_save_png(label, os.path.join(folder, f"{i:05d}_label.png"))
-        # Written last: a folder without its index is regenerated.
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"num_images": num_images, "height": h, "width": w}, f)
-        os.replace(tmp, index)
-    digest = int(hashlib.md5(key.encode()).hexdigest()[:6], 16)
+            atomic_save_png(img, os.path.join(folder, f"{i:05d}.png"))
+            atomic_save_png(label, os.path.join(folder, f"{i:05d}_label.png"))
+        return {"num_images": num_images, "height": h, "width": w}
+
+    folder = cached_synthetic_folder(key, root, write)
     return [
         {
             "file_name": os.path.join(folder, f"{i:05d}.png"),
             "sem_seg_file_name": os.path.join(folder, f"{i:05d}_label.png"),
             "height": h,
             "width": w,
-            "image_id": digest * 100000 + i,
+            "image_id": synthetic_image_id(key, i),
         }
         for i in range(num_images)
     ]
@@ -139,23 +127,13 @@ def register_synthetic_seg(
     Metadata: ``stuff_classes`` (``num_classes`` names), ``ignore_label`` 255.
     ``root`` defaults to ``$D2EXT_CACHE`` or ``~/.cache/d2ext``.
     """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from .synthetic import default_cache_root
-
     root = root or default_cache_root()
     args = (root, num_images, image_size, seed, num_classes, tuple(sorted(sample_kwargs.items())))
-    meta = MetadataCatalog.get(name)
-    if name in DatasetCatalog.list():
-        if getattr(meta, "d2ext_synthetic_seg_args", None) == args:
-            return
-        raise ValueError(f"dataset {name!r} is already registered with different arguments")
-    DatasetCatalog.register(
-        name, lambda: generate_synthetic_seg(root, num_images, image_size, seed, num_classes, **sample_kwargs)
-    )
-    meta.set(
+    register_synthetic(
+        name,
+        lambda: generate_synthetic_seg(root, num_images, image_size, seed, num_classes, **sample_kwargs),
+        args,
         stuff_classes=list(SYNTHETIC_SEG_CLASSES[:num_classes]),
         ignore_label=255,
         evaluator_type="sem_seg",
-        d2ext_synthetic_seg_args=args,
     )

@@ -32,7 +32,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from .unet import fit_to_size, soft_dice_loss
+from .unet import seg_head_outputs, semantic_seg_losses
 
 __all__ = ["DeepLabV3Head"]
 
@@ -175,25 +175,8 @@ class DeepLabV3Head(nn.Module):
         logits = self.layers(features)
         if self.output_stride > 1:
             logits = F.interpolate(logits, scale_factor=self.output_stride, mode="bilinear", align_corners=False)
-        if targets is not None:
-            logits = fit_to_size(logits, targets.shape[-2:], mode="resize")
-        if self.training:
-            if targets is None:
-                raise ValueError("DeepLabV3Head: training needs targets (N, H, W)")
-            return logits, self.losses(logits, targets)
-        return logits, {}
+        return seg_head_outputs(self, logits, targets)
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits = logits.float()
-        parts = self.loss_type.split("+")
-        losses = {}
-        if "ce" in parts:
-            if (targets != self.ignore_value).any():
-                ce = F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
-            else:  # every pixel ignored: the mean would be 0/0
-                ce = logits.sum() * 0.0
-            losses["loss_sem_seg"] = self.loss_weight * ce
-        if "dice" in parts:
-            losses["loss_dice"] = self.loss_weight * soft_dice_loss(logits, targets, self.ignore_value,
-                                                                    self.dice_smooth)
-        return losses
+        return semantic_seg_losses(logits, targets, self.loss_type, self.ignore_value,
+                                   self.loss_weight, self.dice_smooth)

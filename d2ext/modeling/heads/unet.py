@@ -202,27 +202,38 @@ class UNetHead(nn.Module):
         return self.predictor(x)
 
     def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
-        logits = self.layers(features)
-        if targets is not None:
-            logits = fit_to_size(logits, targets.shape[-2:], mode="resize")
-        if self.training:
-            if targets is None:
-                raise ValueError("UNetHead: training needs targets (N, H, W)")
-            return logits, self.losses(logits, targets)
-        return logits, {}
+        return seg_head_outputs(self, self.layers(features), targets)
 
     def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits = logits.float()
-        parts = self.loss_type.split("+")
-        losses = {}
-        if "ce" in parts:
-            if (targets != self.ignore_value).any():
-                ce = F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
-            else:  # all pixels ignored: PyTorch's mean would be 0/0
-                ce = logits.sum() * 0.0
-            losses["loss_sem_seg"] = self.loss_weight * ce
-        if "dice" in parts:
-            losses["loss_dice"] = self.loss_weight * soft_dice_loss(
-                logits, targets, self.ignore_value, self.dice_smooth
-            )
-        return losses
+        return semantic_seg_losses(logits, targets, self.loss_type, self.ignore_value,
+                                   self.loss_weight, self.dice_smooth)
+
+
+def seg_head_outputs(head: nn.Module, logits: torch.Tensor, targets: Optional[torch.Tensor]):
+    """The ``(logits, losses)`` a sem-seg head returns to ``SemanticSegmentor``: logits fitted to
+    the targets' (H, W) when given; losses only in training (which needs targets)."""
+    if targets is not None:
+        logits = fit_to_size(logits, targets.shape[-2:], mode="resize")
+    if head.training:
+        if targets is None:
+            raise ValueError(f"{type(head).__name__}: training needs targets (N, H, W)")
+        return logits, head.losses(logits, targets)
+    return logits, {}
+
+
+def semantic_seg_losses(logits: torch.Tensor, targets: torch.Tensor, loss_type: str, ignore_value: int,
+                        loss_weight: float = 1.0, dice_smooth: float = 1.0) -> Dict[str, torch.Tensor]:
+    """``loss_type`` "ce", "dice" or "ce+dice" on (N, K, H, W) logits and (N, H, W) int64 targets;
+    pixels equal to ``ignore_value`` count in neither loss."""
+    logits = logits.float()
+    parts = loss_type.split("+")
+    losses = {}
+    if "ce" in parts:
+        if (targets != ignore_value).any():
+            ce = F.cross_entropy(logits, targets, reduction="mean", ignore_index=ignore_value)
+        else:  # all pixels ignored: PyTorch's mean would be 0/0
+            ce = logits.sum() * 0.0
+        losses["loss_sem_seg"] = loss_weight * ce
+    if "dice" in parts:
+        losses["loss_dice"] = loss_weight * soft_dice_loss(logits, targets, ignore_value, dice_smooth)
+    return losses
