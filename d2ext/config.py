@@ -30,8 +30,6 @@ def _add_data_config(cfg: CN) -> None:
     # Name in d2ext.data.DATASET_MAPPER_REGISTRY; "" = Detectron2's DatasetMapper (detection,
     # instances, keypoints, sem-seg). Classifier configs set "ClassificationDatasetMapper".
     cfg.INPUT.DATASET_MAPPER_NAME = ""
-    # Synthetic shapes dataset (the demo and the tests): where generated images are cached.
-    cfg.DATASETS.SYNTHETIC_ROOT = ""  # "" = $D2EXT_CACHE or ~/.cache/d2ext
 
 
 def _add_classification_config(cfg: CN) -> None:

@@ -4,11 +4,13 @@ A benchmark module in ``tools/bench/`` defines ``ROWS = {"name": fn}`` (and opti
 ``add_arguments(parser)`` for its options); ``fn(args)`` returns a list of :class:`Result`.
 """
 import gc
+import os
 import resource
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 
 @dataclass
@@ -36,11 +38,6 @@ def peak_rss_mb() -> float:
     return kib / 1024.0 if sys.platform != "darwin" else kib / 2**20
 
 
-def children_peak_rss_mb() -> float:
-    """Peak resident memory of the largest finished child process, in MiB."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-
-
 def time_call(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> List[float]:
     """Wall-clock seconds of ``repeat`` calls after ``warmup`` calls (GC run before each)."""
     for _ in range(warmup):
@@ -52,3 +49,15 @@ def time_call(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> Lis
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def run_measured(cmd: List[str], log_path: str, cwd: Optional[str] = None) -> Tuple[int, float, float]:
+    """Run ``cmd`` with stdout+stderr to ``log_path``; return (exit code, wall seconds, peak RSS
+    in MiB of that process alone — read with ``os.wait4``, so rows run one after another in the
+    same benchmark each get their own figure; data-loader worker processes are not included)."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024.0

@@ -30,13 +30,12 @@ import argparse
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, time_call
+from tools.bench.common import Result, run_measured, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -111,17 +110,11 @@ def _train(config: Path, out_dir: Path, budget_min: float, extra_opts=()):
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir.parent / f"{out_dir.name}.log"
     logger.info("%s: %d iterations for a %.1f-minute budget (log %s)", config.name, max_iter, budget_min, log_path)
-    t0 = time.perf_counter()
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config), *opts]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    minutes = (time.perf_counter() - t0) / 60
-    if proc.returncode != 0:
-        raise RuntimeError(f"{config.name}: train_net.py exited {proc.returncode}; see {log_path}")
-    peak_mib = usage.ru_maxrss / 1024.0  # Linux: KiB
+    returncode, wall_s, peak_mib = run_measured(cmd, str(log_path), cwd=str(REPO))
+    minutes = wall_s / 60
+    if returncode != 0:
+        raise RuntimeError(f"{config.name}: train_net.py exited {returncode}; see {log_path}")
     cfg = setup_cfg(str(config), base_opts + ["OUTPUT_DIR", str(out_dir), "DATALOADER.NUM_WORKERS", "0"])
     return cfg, max_iter, minutes, peak_mib
 

@@ -14,12 +14,11 @@
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, children_peak_rss_mb
+from tools.bench.common import Result, run_measured
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,12 +145,11 @@ def _bccd_row(args, model_name: str):
         "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
         "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out_dir),
     ]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    peak_mb = children_peak_rss_mb()
+    log_path = out_dir.parent / f"{out_dir.name}.log"
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    returncode, wall, peak_mb = run_measured(cmd, str(log_path), cwd=str(REPO))
+    if returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed; see {log_path}")
     eval_dir = out_dir / "inference" / "bccd_test"
     ap, ap50, per_class = per_class_ap50(str(eval_dir / "bccd_test_coco_format.json"),
                                          str(eval_dir / "coco_instances_results.json"))

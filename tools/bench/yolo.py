@@ -1,7 +1,7 @@
 """YOLO rows: YOLOv3 latency / size, and BCCD training + COCO evaluation of YOLOv3 and YOLOv2.
 
     tools/benchmark.py yolov3_latency
-    tools/benchmark.py bccd/yolov3 bccd/yolov2 [--budget-min N] [--yolo-out DIR]
+    tools/benchmark.py bccd/yolov3 bccd/yolov2 bccd/yolov1 [--budget-min N] [--yolo-out DIR]
 
 ``yolov3_latency``: the paper's 80-class YOLOv3 (Darknet-53, 3 x 3 anchors), random weights,
 CPU forward + decoding + NMS of one 416x416 image (batch 1, median of 5), and its parameter count
@@ -17,14 +17,11 @@ process.
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tools.bench.common import Result, children_peak_rss_mb, time_call
+from tools.bench.common import Result, run_measured, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -144,16 +141,12 @@ def _run_bccd(model_name, args):
         "SEED", "0",
     ]
     logger.info("bccd/%s: %d iterations for a %.1f-minute budget", model_name, max_iter, args.budget_min)
-    t0 = time.perf_counter()
     cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config), *opts]
-    with open(out_root / f"bccd_{model_name}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    minutes = (time.perf_counter() - t0) / 60
-    if proc.returncode != 0:
-        raise RuntimeError(f"bccd/{model_name}: train_net.py exited {proc.returncode}; see "
-                           f"{out_root / f'bccd_{model_name}.log'}")
-    mem = children_peak_rss_mb()
+    log_path = out_root / f"bccd_{model_name}.log"
+    returncode, wall_s, mem = run_measured(cmd, str(log_path), cwd=str(REPO))
+    minutes = wall_s / 60
+    if returncode != 0:
+        raise RuntimeError(f"bccd/{model_name}: train_net.py exited {returncode}; see {log_path}")
     scores = _coco_rows(out_dir / "inference" / probe.DATASETS.TEST[0])
     note = (f"from scratch, {max_iter} iters x {probe.SOLVER.IMS_PER_BATCH} imgs in {minutes:.1f} min "
             f"(train + eval, CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
@@ -189,8 +182,15 @@ def run_bccd_yolov2(args):
     return _run_bccd("yolov2", args)
 
 
+def run_bccd_yolov1(args):
+    """YOLOv1 (fast 9-conv net, 7x7 grid) on BCCD: AP, AP50, per-class AP50, peak memory."""
+    _ensure_datasets()
+    return _run_bccd("yolov1", args)
+
+
 ROWS = {
     "yolov3_latency": run_yolov3_latency,
     "bccd/yolov3": run_bccd_yolov3,
     "bccd/yolov2": run_bccd_yolov2,
+    "bccd/yolov1": run_bccd_yolov1,
 }
