@@ -212,3 +212,16 @@ def test_every_config_merges_with_d2ext_keys(repo_root):
     for path in configs:
         cfg = setup_cfg(str(path))
         assert cfg.MODEL.META_ARCHITECTURE, path
+
+
+def test_benchmark_lists_every_issue_row(run_tool):
+    listed = {line.split()[0] for line in run_tool("benchmark.py", "--list").stdout.splitlines() if line.strip()}
+    expected = {
+        "bccd/yolov3", "bccd/yolov2", "bccd/yolov1", "bccd/ssd300", "bccd/ssd512", "bccd/faster_rcnn",
+        "bccd/retinanet", "ssd300_latency", "yolov3_latency", "backbone_forward", "lenet5_digits",
+        "wbc_seg", "wbc_seg/deeplabv3/binary", "wbc_seg/deeplabv3/3class", "wbc_seg/mask_rcnn/binary",
+        "widerface_convert", "widerface_eval", "cricket", "pose_synthetic",
+    }
+    assert expected <= listed, expected - listed
+    unknown = run_tool("benchmark.py", "no_such_row", check=False)
+    assert unknown.returncode != 0 and "unknown row" in unknown.stderr

@@ -11,6 +11,7 @@ Every run prints a table and, with ``--json``, writes a list of
 import argparse
 import importlib
 import json
+import logging
 import os
 import pkgutil
 import sys
@@ -19,6 +20,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import bench  # noqa: E402
+from tools.bench.common import Result  # noqa: E402
 
 
 def _row_modules():
@@ -72,14 +74,21 @@ def main(argv=None):
     unknown = [r for r in args.rows if r not in registry]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; known: {sorted(registry)}")
-    results = []
+    results, failed = [], []
     for name in args.rows:
-        results.extend(registry[name](args))
+        try:
+            results.extend(registry[name](args))
+        except Exception as e:  # keep the rows already measured; report this one as failed
+            logging.getLogger("d2ext.benchmark").exception("row %s failed", name)
+            failed.append(name)
+            results.append(Result(name, float("nan"), "failed", notes=f"{type(e).__name__}: {e}"[:300]))
     print_table(results)
     if args.json:
         write_json(results, args.json)
         print(f"wrote {args.json}")
-    return 0
+    if failed:
+        print(f"failed rows: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 def cli():

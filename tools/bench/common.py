@@ -61,3 +61,42 @@ def run_measured(cmd: List[str], log_path: str, cwd: Optional[str] = None) -> Tu
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024.0
+
+
+def coco_ap_per_class(gt_json: str, results_json: str) -> Tuple[float, float, dict]:
+    """(AP, AP50, {class name: AP50}) of a COCO results file against COCO ground truth, as
+    fractions (pycocotools; per-class AP50 from the precision array at IoU 0.5, all areas,
+    100 detections). No detections at all: zeros."""
+    import json
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = COCO(gt_json)
+    with open(results_json) as f:
+        dets = json.load(f)
+    if not dets:
+        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.dataset["categories"]}
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    precision = ev.eval["precision"]  # (IoU, recall, class, area, maxDets)
+    per_class = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[0, :, k, 0, -1]
+        per_class[gt.cats[int(cat_id)]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
+    return float(ev.stats[0]), float(ev.stats[1]), per_class
+
+
+def coco_eval_files(eval_dir, dataset_name: str) -> Tuple[str, str]:
+    """(ground-truth JSON, results JSON) that ``COCOEvaluator`` used for ``dataset_name`` with
+    ``output_dir=eval_dir``: the ground truth is the dataset's ``json_file`` (which the first
+    evaluator in a process caches, possibly in another run's folder), else the cache in eval_dir."""
+    from detectron2.data import MetadataCatalog
+
+    gt = getattr(MetadataCatalog.get(dataset_name), "json_file", None)
+    if not gt or not os.path.exists(gt):
+        gt = os.path.join(eval_dir, f"{dataset_name}_coco_format.json")
+    return gt, os.path.join(eval_dir, "coco_instances_results.json")

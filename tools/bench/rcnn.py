@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, run_measured, time_call
+from tools.bench.common import Result, coco_ap_per_class, coco_eval_files, run_measured, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -145,31 +145,6 @@ def _latency_ms(cfg, model) -> float:
     return 1000 * statistics.median(times)
 
 
-def _per_class_ap50(eval_dir: Path):
-    """AP50 per category from COCOEvaluator's files in ``eval_dir`` (pycocotools precision array)."""
-    import json
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO(str(next(eval_dir.glob("*_coco_format.json"))))
-    with open(eval_dir / "coco_instances_results.json") as f:
-        dets = json.load(f)
-    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
-    if not dets:
-        return {n: 0.0 for n in names.values()}
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    prec = ev.eval["precision"]  # (T, R, K, A, M): T 0 = IoU 0.5, A 0 = all areas, M -1 = 100 dets
-    out = {}
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = prec[0, :, k, 0, -1]
-        p = p[p > -1]
-        out[names[int(cat_id)]] = float(p.mean()) if p.size else float("nan")
-    return out
-
-
 def _ap(res, task: str, key: str = "AP") -> float:
     """COCO ``res[task][key]`` as a fraction; 0 when the model made no detection (Detectron2
     then reports NaN, or leaves the task out when no prediction carries it)."""
@@ -195,7 +170,7 @@ def _run_bccd(row: str, config_name: str, args):
     cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
     model, res = _load_and_test(cfg)
     eval_dir = Path(cfg.OUTPUT_DIR) / "inference" / cfg.DATASETS.TEST[0]
-    per_class = _per_class_ap50(eval_dir)
+    _, _, per_class = coco_ap_per_class(*coco_eval_files(eval_dir, cfg.DATASETS.TEST[0]))
     note = (f"from scratch, {max_iter} iters x {cfg.SOLVER.IMS_PER_BATCH} imgs, {minutes:.1f} min train "
             f"(CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
     rows = [Result(row, _ap(res, "bbox"), "AP", notes=note), Result(f"{row}/AP50", _ap(res, "bbox", "AP50"), "AP50")]

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, run_measured
+from tools.bench.common import Result, coco_ap_per_class, run_measured
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -107,27 +107,6 @@ def _seconds_per_iter(cfg_file: str, opts, n_warmup: int = 2, n_timed: int = 4) 
     return statistics.median(times)
 
 
-def per_class_ap50(gt_json: str, results_json: str):
-    """(AP, AP50, {class name: AP50}) of COCO-format results, with pycocotools."""
-    import numpy as np
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO(gt_json)
-    with open(results_json) as f:
-        dets = json.load(f)
-    if not dets:
-        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.cats.values()}
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.evaluate(), ev.accumulate(), ev.summarize()
-    precision = ev.eval["precision"]  # (IoU, recall, class, area, maxDets)
-    out = {}
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
-        out[gt.cats[int(cat_id)]["name"]] = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
-    return float(ev.stats[0]), float(ev.stats[1]), out
-
-
 def _bccd_row(args, model_name: str):
     cfg_file = str(REPO / "configs" / "bccd" / f"{model_name}.yaml")
     out_dir = Path(args.ssd_output) / f"bccd_{model_name}"
@@ -151,7 +130,7 @@ def _bccd_row(args, model_name: str):
     if returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log_path}")
     eval_dir = out_dir / "inference" / "bccd_test"
-    ap, ap50, per_class = per_class_ap50(str(eval_dir / "bccd_test_coco_format.json"),
+    ap, ap50, per_class = coco_ap_per_class(str(eval_dir / "bccd_test_coco_format.json"),
                                          str(eval_dir / "coco_instances_results.json"))
     note = (f"{max_iter} iters x {s_per_iter:.2f} s (budget {args.budget_min:g} min, train+eval wall "
             f"{wall / 60:.1f} min), CPU, from scratch")

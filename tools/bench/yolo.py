@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.bench.common import Result, run_measured, time_call
+from tools.bench.common import Result, coco_ap_per_class, run_measured, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -93,31 +93,6 @@ def _seconds_per_iter(cfg) -> float:
     return min(time_call(step, repeat=2, warmup=1))
 
 
-def _coco_rows(eval_dir):
-    """AP, AP50 and per-class AP50 (fractions) from COCOEvaluator's files in ``eval_dir``."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt_file = next(eval_dir.glob("*_coco_format.json"))
-    with open(eval_dir / "coco_instances_results.json") as f:
-        dets = json.load(f)
-    gt = COCO(str(gt_file))
-    if not dets:
-        return {"AP": 0.0, "AP50": 0.0, **{c["name"]: 0.0 for c in gt.dataset["categories"]}}
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    out = {"AP": float(ev.stats[0]), "AP50": float(ev.stats[1])}
-    prec = ev.eval["precision"]  # (T, R, K, A, M); T index 0 = IoU 0.5, A 0 = all, M -1 = 100 dets
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = prec[0, :, k, 0, -1]
-        p = p[p > -1]
-        cname = gt.cats[int(cat_id)]["name"]
-        out[cname] = float(p.mean()) if p.size else float("nan")
-    return out
-
-
 def _run_bccd(model_name, args):
     import d2ext  # noqa: F401
     from d2ext.engine import setup_cfg
@@ -147,12 +122,15 @@ def _run_bccd(model_name, args):
     minutes = wall_s / 60
     if returncode != 0:
         raise RuntimeError(f"bccd/{model_name}: train_net.py exited {returncode}; see {log_path}")
-    scores = _coco_rows(out_dir / "inference" / probe.DATASETS.TEST[0])
+    # train_net.py evaluated in its own process, so the ground truth was cached in its folder
+    eval_dir = out_dir / "inference" / probe.DATASETS.TEST[0]
+    ap, ap50, per_class = coco_ap_per_class(str(eval_dir / f"{probe.DATASETS.TEST[0]}_coco_format.json"),
+                                            str(eval_dir / "coco_instances_results.json"))
     note = (f"from scratch, {max_iter} iters x {probe.SOLVER.IMS_PER_BATCH} imgs in {minutes:.1f} min "
             f"(train + eval, CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
     base = f"bccd/{model_name}"
-    rows = [Result(base, scores.pop("AP"), "AP", notes=note), Result(f"{base}/AP50", scores.pop("AP50"), "AP50")]
-    rows += [Result(f"{base}/AP50/{c}", v, "AP50") for c, v in scores.items()]
+    rows = [Result(base, ap, "AP", notes=note), Result(f"{base}/AP50", ap50, "AP50")]
+    rows += [Result(f"{base}/AP50/{c}", v, "AP50") for c, v in per_class.items()]
     rows.append(Result(f"{base}/peak_train_mem", mem, "MiB", notes="peak RSS of the largest child process"))
     return rows
 
