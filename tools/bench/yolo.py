@@ -131,7 +131,7 @@ def _run_bccd(model_name, args):
     base = f"bccd/{model_name}"
     rows = [Result(base, ap, "AP", notes=note), Result(f"{base}/AP50", ap50, "AP50")]
     rows += [Result(f"{base}/AP50/{c}", v, "AP50") for c, v in per_class.items()]
-    rows.append(Result(f"{base}/peak_train_mem", mem, "MiB", notes="peak RSS of the largest child process"))
+    rows.append(Result(f"{base}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process (data workers excluded)"))
     return rows
 
 
