@@ -84,6 +84,8 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.VGG.NORM = ""  # "" = as published; "BN" = torchvision's vgg*_bn
     cfg.MODEL.VGG.CEIL_MODE = False  # ceil-mode max pools (SSD300: 75 -> 38 at pool3)
     cfg.MODEL.VGG.OUT_FEATURES = ["pool5"]
+    # 2 = DeepLab's atrous VGG: pool4 stride 1 + dilated conv5, `vgg5` at stride 8 (1 = published)
+    cfg.MODEL.VGG.VGG5_DILATION = 1
     # GoogLeNet / Inception v1 (Szegedy et al. 2015), "build_googlenet_backbone": conv1, conv3,
     # inception3b, inception4a, inception4d, inception4e, inception5b.
     cfg.MODEL.GOOGLENET = CN()

@@ -59,39 +59,52 @@ class VGG(StagedBackbone):
         depth: 11, 13, 16 or 19.
         norm: "" (as published) or a Detectron2 norm name ("BN", "SyncBN", "FrozenBN", "GN").
         ceil_mode: ceil-mode max pooling (SSD300 uses it so that 75 -> 38 at pool3).
+        vgg5_dilation: 1 (as published) or 2: pool4 becomes a 3x3 stride-1 pool and conv5_x
+            dilated convolutions, so ``vgg5`` comes out at stride 8 instead of 16 (``pool5`` 16)
+            with the same weights — DeepLab's atrous VGG-16 (Chen et al., ICLR 2015) for output
+            stride 8; output stride 16 just reads ``vgg5`` undilated.
     """
 
     def __init__(self, depth: int = 16, in_channels: int = 3, norm: str = "", ceil_mode: bool = False,
-                 out_features=("pool5",), freeze_at: int = 0):
+                 out_features=("pool5",), freeze_at: int = 0, vgg5_dilation: int = 1):
         if depth not in VGG_CONVS_PER_STAGE:
             raise ValueError(f"VGG depth must be one of {sorted(VGG_CONVS_PER_STAGE)}, got {depth}")
+        if vgg5_dilation not in (1, 2):
+            raise ValueError(f"VGG vgg5_dilation must be 1 or 2, got {vgg5_dilation}")
         layers: Dict[str, "OrderedDict[str, nn.Module]"] = OrderedDict()
         channels = in_channels
         for stage, name in _layer_names(depth, bool(norm)):
             k = int(stage[-1]) if stage != "pool5" else 5
-            if name.startswith("pool"):
+            if name == "pool4" and vgg5_dilation == 2:
+                module = nn.MaxPool2d(3, 1, padding=1, ceil_mode=ceil_mode)
+            elif name.startswith("pool"):
                 module = nn.MaxPool2d(2, 2, ceil_mode=ceil_mode)
             elif name.startswith("conv"):
-                module = nn.Conv2d(channels, VGG_CHANNELS[k - 1], 3, padding=1)
+                d = vgg5_dilation if stage == "vgg5" else 1
+                module = nn.Conv2d(channels, VGG_CHANNELS[k - 1], 3, padding=d, dilation=d)
                 channels = VGG_CHANNELS[k - 1]
             elif name.startswith("bn"):
                 module = get_norm(norm, channels)
             else:
                 module = nn.ReLU(inplace=True)
             layers.setdefault(stage, OrderedDict())[name] = module
+        strides = [2 ** i for i in range(len(layers))]
+        if vgg5_dilation == 2:
+            strides[4:] = [8, 16]
         stages = [
-            (stage, nn.Sequential(mods), VGG_CHANNELS[min(i, 4)], 2 ** i)
+            (stage, nn.Sequential(mods), VGG_CHANNELS[min(i, 4)], strides[i])
             for i, (stage, mods) in enumerate(layers.items())
         ]
         # The 2x2 pools halve exactly when H, W are multiples of the deepest output's stride.
         names = [s[0] for s in stages]
         deepest = max((names.index(f) for f in (list(out_features) or names[-1:]) if f in names), default=0)
-        super().__init__(stages, out_features, freeze_at=freeze_at, size_divisibility=2 ** deepest)
+        super().__init__(stages, out_features, freeze_at=freeze_at, size_divisibility=strides[deepest])
 
 
 @BACKBONE_REGISTRY.register()
 def build_vgg_backbone(cfg, input_shape: ShapeSpec) -> VGG:
-    """VGG from ``MODEL.VGG.{DEPTH,NORM,CEIL_MODE,OUT_FEATURES}`` and ``MODEL.BACKBONE.FREEZE_AT``."""
+    """VGG from ``MODEL.VGG.{DEPTH,NORM,CEIL_MODE,OUT_FEATURES,VGG5_DILATION}`` and
+    ``MODEL.BACKBONE.FREEZE_AT``."""
     return VGG(
         depth=cfg.MODEL.VGG.DEPTH,
         in_channels=input_shape.channels,
@@ -99,6 +112,7 @@ def build_vgg_backbone(cfg, input_shape: ShapeSpec) -> VGG:
         ceil_mode=cfg.MODEL.VGG.CEIL_MODE,
         out_features=cfg.MODEL.VGG.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        vgg5_dilation=cfg.MODEL.VGG.VGG5_DILATION,
     )
 
 
