@@ -69,7 +69,6 @@ def coco_ap_per_class(gt_json: str, results_json: str) -> Tuple[float, float, di
     100 detections). No detections at all: zeros."""
     import json
 
-    import numpy as np
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -100,3 +99,32 @@ def coco_eval_files(eval_dir, dataset_name: str) -> Tuple[str, str]:
     if not gt or not os.path.exists(gt):
         gt = os.path.join(eval_dir, f"{dataset_name}_coco_format.json")
     return gt, os.path.join(eval_dir, "coco_instances_results.json")
+
+
+def seconds_per_train_step(cfg, n_warmup: int = 1, n_timed: int = 3) -> float:
+    """Median wall time of one training step of ``cfg`` in this process — a real batch from the
+    config's train loader (in-process, no workers), forward, backward, optimizer step — used to
+    size a run to a time budget. The median, since the machine may be shared."""
+    import statistics
+
+    from d2ext.engine import Trainer
+    from detectron2.utils.events import EventStorage
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    model = Trainer.build_model(cfg).train()
+    optimizer = Trainer.build_optimizer(cfg, model)
+    data = iter(Trainer.build_train_loader(cfg))
+    times = []
+    with EventStorage(0):  # R-CNNs log training statistics to it
+        for i in range(n_warmup + n_timed):
+            t0 = time.perf_counter()
+            loss = sum(model(next(data)).values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if i >= n_warmup:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times)

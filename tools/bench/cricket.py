@@ -18,13 +18,12 @@ near -> far camera shift.
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .common import Result
+from .common import Result, seconds_per_train_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,35 +48,15 @@ def _confusion_note(metrics):
     return f"classes {names}; confusion (rows true, cols predicted) {metrics['confusion']}"
 
 
-def _image_seconds_per_iter(cfg_file, opts, n_warmup=1, n_timed=3):
-    """Median wall time of a training step of the image baseline in this process."""
-    import d2ext  # noqa: F401
-    from d2ext.engine import Trainer, setup_cfg
-
-    cfg = setup_cfg(cfg_file, list(opts) + ["DATALOADER.NUM_WORKERS", 0])
-    model = Trainer.build_model(cfg)
-    model.train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    data = iter(Trainer.build_train_loader(cfg))
-    times = []
-    for i in range(n_warmup + n_timed):
-        t0 = time.perf_counter()
-        loss = sum(model(next(data)).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i >= n_warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _train_image_baseline(args, classes, deadline, out_dir):
     from converters.cricket import register_cricket
 
     cfg_file = str(REPO / "configs" / "cricket" / "resnet34_cls.yaml")
     names = register_cricket("bench_cricket", args.root, seed=0)
     common = ["MODEL.CLASSIFIER.NUM_CLASSES", str(len(classes))]
-    s_per_iter = _image_seconds_per_iter(cfg_file, common + ["DATASETS.TRAIN", f"('{names[0]}',)"])
+    from d2ext.engine import setup_cfg
+
+    s_per_iter = seconds_per_train_step(setup_cfg(cfg_file, common + ["DATASETS.TRAIN", f"('{names[0]}',)"]))
     left = max(60.0, deadline - time.perf_counter())
     max_iter = max(10, int(0.8 * left / s_per_iter))  # 20 %: start-up, test-set evaluation, checkpoint
     run_dir = out_dir / "resnet34_cls"

@@ -32,10 +32,10 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from tools.bench.common import Result, coco_ap_per_class, coco_eval_files, run_measured, time_call
+from tools.bench.common import (Result, coco_ap_per_class, coco_eval_files, run_measured,
+                                seconds_per_train_step, time_call)
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -66,31 +66,6 @@ def _ensure_datasets(*names):
                          f"bccd/ and wbc_seg/)")
 
 
-def _seconds_per_iter(cfg, repeat: int = 2) -> float:
-    """Median time of forward + backward + SGD step on one real training batch."""
-    import torch
-    from detectron2.data import build_detection_train_loader
-    from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
-
-    from d2ext.data import build_dataset_mapper
-
-    batch = next(iter(build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))))
-    model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
-    times = []
-    with EventStorage(0):  # R-CNNs log training statistics to it
-        for i in range(repeat + 1):
-            t0 = time.perf_counter()
-            loss = sum(model(batch).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if i:  # the first step warms up
-                times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _train(config: Path, out_dir: Path, budget_min: float, extra_opts=()):
     """Train ``config`` within the budget in a subprocess; returns (cfg, max_iter, minutes, peak MiB)."""
     from d2ext.engine import setup_cfg
@@ -98,7 +73,7 @@ def _train(config: Path, out_dir: Path, budget_min: float, extra_opts=()):
     base_opts = ["MODEL.DEVICE", "cpu", "SEED", "0", *extra_opts]
     probe = setup_cfg(str(config), base_opts + ["DATALOADER.NUM_WORKERS", "0"])
     # Data loading, logging and checkpointing cost ~25% on top of the compute timed here.
-    max_iter = max(20, int(0.75 * 60.0 * budget_min / _seconds_per_iter(probe)))
+    max_iter = max(20, int(0.75 * 60.0 * budget_min / seconds_per_train_step(probe)))
     opts = base_opts + [
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.STEPS", f"({int(0.8 * max_iter)}, {int(0.93 * max_iter)})",

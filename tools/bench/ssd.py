@@ -12,13 +12,12 @@
   memory of the training process.
 """
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, coco_ap_per_class, run_measured
+from tools.bench.common import Result, coco_ap_per_class, run_measured, seconds_per_train_step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,39 +78,16 @@ def ssd300_latency(args):
 
 
 # ---------------------------------------------------------------------------------- BCCD
-def _seconds_per_iter(cfg_file: str, opts, n_warmup: int = 2, n_timed: int = 4) -> float:
-    """Time a few training steps of the config in this process (model + data + SGD step)."""
-    import torch
-
-    import d2ext  # noqa: F401
-    from converters.builtin import register_builtin_datasets
-    from d2ext.engine import Trainer, setup_cfg
-
-    register_builtin_datasets()
-    cfg = setup_cfg(cfg_file, list(opts) + ["DATALOADER.NUM_WORKERS", 0])
-    model = Trainer.build_model(cfg)
-    model.train()
-    optimizer = Trainer.build_optimizer(cfg, model)
-    data = iter(Trainer.build_train_loader(cfg))
-    times = []
-    for i in range(n_warmup + n_timed):
-        t0 = time.perf_counter()
-        batch = next(data)
-        loss = sum(model(batch).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i >= n_warmup:
-            times.append(time.perf_counter() - t0)
-    del model, optimizer, data
-    return statistics.median(times)
-
-
 def _bccd_row(args, model_name: str):
     cfg_file = str(REPO / "configs" / "bccd" / f"{model_name}.yaml")
     out_dir = Path(args.ssd_output) / f"bccd_{model_name}"
     t0 = time.perf_counter()
-    s_per_iter = _seconds_per_iter(cfg_file, [])
+    import d2ext  # noqa: F401
+    from converters.builtin import register_builtin_datasets
+    from d2ext.engine import setup_cfg
+
+    register_builtin_datasets()
+    s_per_iter = seconds_per_train_step(setup_cfg(cfg_file), n_warmup=2, n_timed=4)
     calib_s = time.perf_counter() - t0
     train_s = max(60.0, args.budget_min * 60.0 - calib_s)
     # 10% margin for start-up, checkpointing and data-loader start

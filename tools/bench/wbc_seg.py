@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, peak_rss_mb, time_call
+from tools.bench.common import Result, peak_rss_mb, seconds_per_train_step, time_call
 
 logger = logging.getLogger(__name__)
 
@@ -74,29 +74,6 @@ def _register(data: Path, test_data, mode: str, label_root: Path):
         train = register_wbc_seg(f"{tag}_train", data, mode, "all", label_root / "train")
         test = register_wbc_seg(f"{tag}_test", test_data, mode, "all", label_root / "test")
     return train, test
-
-
-def _seconds_per_iter(cfg, repeat: int = 4) -> float:
-    """Time forward + backward + SGD step of the training model on one batch of the train size."""
-    import torch
-    from detectron2.modeling import build_model
-
-    model = build_model(cfg)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    side = cfg.INPUT.MIN_SIZE_TRAIN[-1] or 300
-    k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    batch = [{"image": torch.rand(3, side, side) * 255, "sem_seg": torch.randint(0, k, (side, side))}
-             for _ in range(cfg.SOLVER.IMS_PER_BATCH)]
-
-    def step():
-        loss = sum(model(batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    times = sorted(time_call(step, repeat=repeat, warmup=1))
-    return times[len(times) // 2]  # median: the machine may be shared, min would be optimistic
 
 
 def _unet_cfg(mode_tag, train_name, test_name, out_dir, width, size, max_iter):
@@ -164,7 +141,7 @@ def run_wbc_seg(args):
         out_dir = work / mode_tag
         t_probe = time.perf_counter()
         probe = _unet_cfg(mode_tag, train_name, test_name, out_dir, args.wbc_width, args.wbc_size, 1)
-        sec_per_iter = _seconds_per_iter(probe)
+        sec_per_iter = seconds_per_train_step(probe)
         left_s = budget_s - (time.perf_counter() - t_probe)
         # Data loading and logging cost ~10% on top of the compute measured here.
         max_iter = max(10, int(0.9 * left_s / sec_per_iter))

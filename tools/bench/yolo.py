@@ -15,13 +15,12 @@ from the evaluator's own files: AP, AP50, AP50 per class, and the peak RSS of th
 process.
 """
 import argparse
-import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-from tools.bench.common import Result, coco_ap_per_class, run_measured, time_call
+from tools.bench.common import Result, coco_ap_per_class, run_measured, seconds_per_train_step, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -66,33 +65,6 @@ def run_yolov3_latency(args):
     ]
 
 
-def _seconds_per_iter(cfg) -> float:
-    """Compute time of one training step (batch of the configured size and middle train scale)."""
-    import torch
-    from detectron2.modeling import build_model
-    from detectron2.structures import Boxes, Instances
-
-    model = build_model(cfg).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5)
-    sizes = list(cfg.INPUT.MIN_SIZE_TRAIN)
-    h = sizes[len(sizes) // 2]
-    w = min(cfg.INPUT.MAX_SIZE_TRAIN, int(h * 4 / 3))
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(20, 2, generator=g) * torch.tensor([w - 60.0, h - 60.0])
-    boxes = torch.cat([xy, xy + 40], 1)
-    batch = [{"image": torch.rand(3, h, w, generator=g) * 255,
-              "instances": Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=torch.zeros(20, dtype=torch.long))}
-             for _ in range(cfg.SOLVER.IMS_PER_BATCH)]
-
-    def step():
-        loss = sum(model(batch).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return min(time_call(step, repeat=2, warmup=1))
-
-
 def _run_bccd(model_name, args):
     import d2ext  # noqa: F401
     from d2ext.engine import setup_cfg
@@ -106,7 +78,7 @@ def _run_bccd(model_name, args):
     # Start-up and the final evaluation take about a minute; data loading and logging ~15% on top
     # of the compute timed here (more when the CPU is shared).
     usable_s = max(0.5 * budget_s, budget_s - 60.0)
-    max_iter = max(20, int(0.85 * usable_s / _seconds_per_iter(probe)))
+    max_iter = max(20, int(0.85 * usable_s / seconds_per_train_step(probe)))
     opts = [
         "SOLVER.MAX_ITER", str(max_iter),
         "SOLVER.STEPS", f"({int(0.8 * max_iter)}, {int(0.93 * max_iter)})",
