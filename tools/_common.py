@@ -1,6 +1,5 @@
 """Set-up shared by the command-line tools (never imported outside tools/)."""
 import logging
-import os
 
 from detectron2.utils.logger import setup_logger
 
@@ -17,8 +16,3 @@ def register_real_datasets() -> None:
 def setup_tool_logger(name: str = "d2ext") -> logging.Logger:
     setup_logger(name="detectron2")
     return setup_logger(name=name)
-
-
-def ensure_dir(path: str) -> str:
-    os.makedirs(path, exist_ok=True)
-    return path

@@ -32,7 +32,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 from torch.nn import functional as F
 
-from .unet import seg_head_outputs, semantic_seg_losses
+from .unet import check_seg_loss_type, seg_head_outputs, semantic_seg_losses
 
 __all__ = ["DeepLabV3Head"]
 
@@ -86,8 +86,7 @@ class DeepLabV3Head(nn.Module):
         super().__init__()
         if in_feature not in input_shape:
             raise ValueError(f"DeepLabV3Head: feature {in_feature!r} not among {sorted(input_shape)}")
-        if loss_type not in ("ce", "dice", "ce+dice"):
-            raise ValueError(f"DeepLabV3Head: loss_type must be 'ce', 'dice' or 'ce+dice', got {loss_type!r}")
+        check_seg_loss_type("DeepLabV3Head", loss_type)
         if len(aspp_dilations) != 3:
             raise ValueError(f"DeepLabV3Head: ASPP needs 3 dilations, got {list(aspp_dilations)}")
         self.in_feature = in_feature

@@ -35,6 +35,15 @@ from ..backbone.unet_encoder import DoubleConv
 __all__ = ["UNetHead", "soft_dice_loss", "fit_to_size"]
 
 
+SEG_LOSS_TYPES = ("ce", "dice", "ce+dice")
+
+
+def check_seg_loss_type(head: str, loss_type: str) -> None:
+    """Raise a clear error unless ``loss_type`` is one :func:`semantic_seg_losses` computes."""
+    if loss_type not in SEG_LOSS_TYPES:
+        raise ValueError(f"{head}: loss_type must be 'ce', 'dice' or 'ce+dice', got {loss_type!r}")
+
+
 def fit_to_size(x: torch.Tensor, size: Tuple[int, int], mode: str = "pad") -> torch.Tensor:
     """Crop ``(N, C, H, W)`` at the bottom/right to ``size``; where it is smaller, zero-pad
     (``mode="pad"``) or resize bilinearly (``mode="resize"``)."""
@@ -130,8 +139,7 @@ class UNetHead(nn.Module):
         super().__init__()
         if not input_shape:
             raise ValueError("UNetHead(input_shape=) is empty: check MODEL.SEM_SEG_HEAD.IN_FEATURES")
-        if loss_type not in ("ce", "dice", "ce+dice"):
-            raise ValueError(f"UNetHead: loss_type must be 'ce', 'dice' or 'ce+dice', got {loss_type!r}")
+        check_seg_loss_type("UNetHead", loss_type)
         shapes = sorted(input_shape.items(), key=lambda kv: -kv[1].stride)  # deepest first
         strides = [s.stride for _, s in shapes]
         for st in strides:
