@@ -41,8 +41,7 @@ Files:
   ``ConversionError`` naming the line. ``skip_blank=True`` yields only non-blank lines,
   stripped. Missing file -> ``ConversionError(path, None, ...)``.
 - ``atomic_write_json(path, obj, indent=None)``, ``atomic_write_bytes(path, data)``,
-  ``atomic_open(path, mode="w")`` (context manager: temp file in the same folder, ``os.replace``
-  on success, temp removed on error). Parent folders are created.
+  ``atomic_open(path, mode="w")``: re-exported from :mod:`d2ext.core` (the one atomic writer).
 - ``read_image_size(path) -> (height, width)`` from the image header (PIL, no pixel decode),
   swapped for EXIF orientations 5-8 as Detectron2's ``read_image`` would.
   Raises ``ConversionError`` when the file is missing or not an image.
@@ -62,7 +61,6 @@ COCO and Detectron2:
   raises ``ValueError`` naming the dataset.
 - ``default_data_root() -> Path``: ``$D2EXT_SHARED_DATA`` or ``<repo>/../shared/data``.
 """
-import contextlib
 import functools
 import json
 import logging
@@ -73,6 +71,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from d2ext.core import atomic_open, atomic_write_bytes, atomic_write_json, data_root  # noqa: E402,F401
 
 logger = logging.getLogger(__name__)
 
@@ -293,33 +293,6 @@ def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
                 return
 
 
-@contextlib.contextmanager
-def atomic_open(path, mode: str = "w", **kwargs):
-    """Open a temp file beside ``path``; on success ``os.replace`` it onto ``path``."""
-    path = os.path.abspath(os.fspath(path))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path, obj, indent: Optional[int] = None) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
 def read_image_size(path, fmt: str = "common") -> Tuple[int, int]:
     """``(height, width)`` from the image header, without decoding pixels.
 
@@ -357,11 +330,7 @@ def progress(iterable, enabled: bool = False, desc: str = "", total=None, unit: 
     return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
 
 
-def default_data_root() -> Path:
-    env = os.environ.get("D2EXT_SHARED_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+default_data_root = data_root  # the one lookup lives in d2ext.core
 
 
 # --------------------------------------------------------------------------------------------

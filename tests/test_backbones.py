@@ -8,7 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-import d2ext  # noqa: F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.engine import setup_cfg
 from d2ext.modeling.backbone.alexnet import AlexNet
 from d2ext.modeling.backbone.densenet import DenseNet

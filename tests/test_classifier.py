@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import d2ext  # noqa: F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from d2ext.data import DATASET_MAPPER_REGISTRY
 from d2ext.data.classification import ClassificationDatasetMapper, RandomShift

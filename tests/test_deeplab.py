@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import d2ext  # noqa: F401  (registers head and backbone)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.data.synthetic_seg import make_seg_sample
 from d2ext.engine import setup_cfg
 from d2ext.modeling.backbone.dilated_resnet import DilatedBasicBlock

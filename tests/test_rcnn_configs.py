@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import d2ext  # noqa: F401  (registers the tiny synthetic datasets, head, backbone, evaluators)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.engine import setup_cfg
 from d2ext.evaluation import build_evaluator
 from d2ext.evaluation.mask_sem_seg import MaskToSemSegEvaluator, instances_to_label_map

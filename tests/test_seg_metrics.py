@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import d2ext  # noqa: F401  (registers the "sem_seg" evaluator)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.evaluation import build_evaluator
 from d2ext.evaluation.classical import evaluate_classical, kmeans_labels, otsu_labels
 from d2ext.evaluation.segmentation import (

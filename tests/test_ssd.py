@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import d2ext  # noqa: F401  (registers everything)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.engine import setup_cfg
 from d2ext.modeling.backbone.ssd_vgg import SSDVGG
 from d2ext.modeling.meta_arch.ssd import (

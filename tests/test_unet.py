@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-import d2ext  # noqa: F401  (registers backbone, head, evaluator)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.data import register_synthetic_seg
 from d2ext.data.synthetic_seg import generate_synthetic_seg
 from d2ext.engine import Trainer, setup_cfg

@@ -29,7 +29,7 @@ logger = logging.getLogger("d2ext.tools.anchors")
 
 
 def _register_datasets():
-    import d2ext  # noqa: F401  (synthetic datasets)
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     try:
         from converters.builtin import register_builtin_datasets
     except ImportError:

@@ -15,7 +15,6 @@ import logging
 import os
 import pkgutil
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,12 +45,11 @@ def print_table(results):
 
 
 def write_json(results, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump([r.to_json() for r in results], f, indent=2)
-    os.replace(tmp, path)
+    from d2ext.core import atomic_write_json
+
+    # NaN (a failed row) is not JSON: written as null.
+    atomic_write_json(path, [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.to_json().items()}
+                             for r in results], indent=2)
 
 
 def main(argv=None):

@@ -15,13 +15,13 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import d2ext  # noqa: E402,F401  (registers every converter)
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
+from d2ext.core import atomic_path  # noqa: E402
 from d2ext.modeling.weight_import import WEIGHT_CONVERTERS, get_weight_converter  # noqa: E402
 
 logger = logging.getLogger("d2ext.convert_weights")
@@ -46,16 +46,8 @@ def load_state_dict(path: str):
 
 
 def save_checkpoint(state_dict, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".pth.tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"model": state_dict, "__author__": "d2ext"}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None) -> int:

@@ -15,9 +15,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.engine import Predictor, Trainer, setup_cfg  # noqa: E402
-from d2ext.utils.io import atomic_save_png  # noqa: E402
+from d2ext.core import atomic_save_image  # noqa: E402
 from d2ext.utils.visualization import draw_instances  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
@@ -59,8 +59,7 @@ def main(argv=None):
         outputs = predictor(record["file_name"])
         img = utils.read_image(record["file_name"], "RGB")
         name = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        atomic_save_png(draw_instances(img, outputs["instances"], metadata, 0.5, scale=2.0),
-                        os.path.join(vis_dir, f"{name}.png"))
+        atomic_save_image(os.path.join(vis_dir, f"{name}.png"), draw_instances(img, outputs["instances"], metadata, 0.5, scale=2.0))
     logger.info("training took %.0f s", train_s)
     print(f"prediction images: {os.path.abspath(vis_dir)}/*.png")
     print(f"demo AP: {bbox['AP']:.1f}")

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from d2ext.evaluation.widerface import (WIDERFACE_SETTINGS, evaluate_widerface,  # noqa: E402
                                         load_widerface_gt, plot_widerface_pr,
                                         read_widerface_predictions)
-from d2ext.utils.io import atomic_write_json  # noqa: E402
+from d2ext.core import atomic_write_json  # noqa: E402
 
 
 def build_parser():
@@ -57,15 +57,14 @@ def main(argv=None):
     for s in WIDERFACE_SETTINGS:
         print(f"{s.capitalize()} Val AP: {results[s]['ap']}")
     if args.json:
-        atomic_write_json({s: float(results[s]["ap"]) for s in WIDERFACE_SETTINGS}, args.json, indent=2)
+        atomic_write_json(args.json, {s: float(results[s]["ap"]) for s in WIDERFACE_SETTINGS}, indent=2)
         print(f"wrote {args.json}")
     if args.plot:
         plot_widerface_pr(results, args.plot)
         print(f"wrote {args.plot}")
     if args.report:
-        atomic_write_json({"num_read": report.num_read, "num_boxes": report.num_boxes,
-                           "missing": report.missing, "unexpected": report.unexpected},
-                          args.report, indent=2)
+        atomic_write_json(args.report, {"num_read": report.num_read, "num_boxes": report.num_boxes,
+                           "missing": report.missing, "unexpected": report.unexpected}, indent=2)
         print(f"wrote {args.report}")
     return 0
 

@@ -28,13 +28,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tqdm  # noqa: E402
 from d2ext.engine import setup_cfg  # noqa: E402
 from d2ext.modeling.pose import COCO_KEYPOINT_NAMES  # noqa: E402
-from d2ext.utils.io import atomic_write_json  # noqa: E402
+from d2ext.core import atomic_write_json  # noqa: E402
 from tools._common import register_real_datasets, setup_tool_logger  # noqa: E402
 
 logger = logging.getLogger("d2ext.extract_keypoints")
@@ -160,7 +160,7 @@ def main(argv=None):
                            "keypoints": list(COCO_KEYPOINT_NAMES), "skeleton": COCO_SKELETON}]
     data["info"] = {"config_file": args.config_file, "weights": args.weights}
     if not todo:
-        atomic_write_json(data, args.out)
+        atomic_write_json(args.out, data)
         return data
     extractor = KeypointExtractor(cfg)
     next_img = max([img["id"] for img in data["images"]], default=-1) + 1
@@ -173,8 +173,8 @@ def main(argv=None):
             next_ann += 1
         next_img += 1
         if n % max(args.save_every, 1) == 0:
-            atomic_write_json(data, args.out)
-    atomic_write_json(data, args.out)
+            atomic_write_json(args.out, data)
+    atomic_write_json(args.out, data)
     logger.info("wrote %s: %d images, %d persons", args.out, len(data["images"]), len(data["annotations"]))
     return data
 

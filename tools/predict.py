@@ -14,10 +14,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 import tqdm  # noqa: E402
 from d2ext.engine import Predictor, list_images, outputs_to_coco_results, setup_cfg  # noqa: E402
-from d2ext.utils.io import atomic_write_json  # noqa: E402
+from d2ext.core import atomic_write_json  # noqa: E402
 from tools._common import register_real_datasets, setup_tool_logger  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def main(argv=None):
     rows = []
     for f, image_id in zip(tqdm.tqdm(files, desc="predict"), image_ids(files, args.input, args.image_id)):
         rows += outputs_to_coco_results(predictor(f), image_id, predictor.metadata, top_k=args.top_k)
-    atomic_write_json(rows, args.output)
+    atomic_write_json(args.output, rows)
     logger.info("wrote %d result rows for %d images to %s", len(rows), len(files), args.output)
     return 0
 

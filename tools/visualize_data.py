@@ -14,11 +14,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 import numpy as np  # noqa: E402
 from d2ext.data import build_dataset_mapper  # noqa: E402
 from d2ext.engine import setup_cfg  # noqa: E402
-from d2ext.utils.io import atomic_save_png  # noqa: E402
+from d2ext.core import atomic_save_image  # noqa: E402
 from d2ext.utils.visualization import draw_record  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv=None):
         for k, record in enumerate(DatasetCatalog.get(name)[: args.num]):
             img = utils.read_image(record["file_name"], "RGB")
             out = os.path.join(args.output, f"{k:04d}_" + os.path.basename(record["file_name"]).rsplit(".", 1)[0] + ".png")
-            atomic_save_png(draw_record(img, record, metadata, args.scale), out)
+            atomic_save_image(out, draw_record(img, record, metadata, args.scale))
             written.append(out)
     else:
         cfg.DATASETS.TRAIN = (name,)
@@ -81,7 +81,7 @@ def main(argv=None):
             for d in batch:
                 img, record = _loader_image_to_record(d, cfg.INPUT.FORMAT)
                 out = os.path.join(args.output, f"{len(written):04d}_train.png")
-                atomic_save_png(draw_record(img, record, metadata, args.scale), out)
+                atomic_save_image(out, draw_record(img, record, metadata, args.scale))
                 written.append(out)
                 if len(written) >= args.num:
                     break

@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.engine import Predictor, list_images, setup_cfg  # noqa: E402
-from d2ext.utils.io import atomic_save_png  # noqa: E402
+from d2ext.core import atomic_save_image  # noqa: E402
 from d2ext.utils.visualization import draw_coco_results, draw_instances  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
@@ -57,7 +57,7 @@ def main(argv=None):
             key = os.path.basename(f)
             vis = draw_coco_results(img, by_image.get(key, []), metadata, args.score_thresh)
             out = os.path.join(args.output, os.path.splitext(key)[0] + ".png")
-            atomic_save_png(vis, out)
+            atomic_save_image(out, vis)
             written.append(out)
     else:
         cfg = setup_cfg(args.config_file, list(args.opts) + ["MODEL.WEIGHTS", args.weights])
@@ -70,7 +70,7 @@ def main(argv=None):
             img = utils.read_image(f, "RGB")
             vis = draw_instances(img, outputs["instances"], metadata, args.score_thresh)
             out = os.path.join(args.output, os.path.splitext(os.path.basename(f))[0] + ".png")
-            atomic_save_png(vis, out)
+            atomic_save_image(out, vis)
             written.append(out)
     logger.info("wrote %d images to %s", len(written), args.output)
     print("\n".join(written))

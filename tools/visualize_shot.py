@@ -15,10 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext  # noqa: E402,F401
+import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 import tqdm  # noqa: E402
 from d2ext.engine import list_images, setup_cfg  # noqa: E402
-from d2ext.utils.io import atomic_save_png  # noqa: E402
+from d2ext.core import atomic_save_image  # noqa: E402
 from d2ext.utils.pose_vis import draw_pose_shot  # noqa: E402
 from tools._common import register_real_datasets, setup_tool_logger  # noqa: E402
 
@@ -88,7 +88,7 @@ def main(argv=None):
         af = os.path.abspath(f)
         rel = next((os.path.relpath(af, r) for r in roots if af.startswith(r + os.sep)), os.path.basename(f))
         stem = os.path.splitext(rel)[0]
-        atomic_save_png(vis, os.path.join(args.output_dir, stem.replace(os.sep, "__") + ".png"))
+        atomic_save_image(os.path.join(args.output_dir, stem.replace(os.sep, "__") + ".png"), vis)
     logger.info("wrote %d images to %s", len(files), args.output_dir)
 
 

@@ -11,7 +11,6 @@ A classification dataset dict is a Detectron2 record without ``annotations``::
 import json
 import logging
 import os
-import tempfile
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -21,6 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from ..core import atomic_write_json
 from .mappers import DATASET_MAPPER_REGISTRY
 from .synthetic import default_cache_root
 
@@ -219,10 +219,7 @@ def _generate_digits(folder: str, test_fraction: float, seed: int) -> None:
         img.save(os.path.join(folder, fname))
         records[sub].append({"file_name": fname, "image_id": i, "label": int(label)})
     # Written last and atomically: a folder without index.json is regenerated.
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(records, f)
-    os.replace(tmp, os.path.join(folder, "index.json"))
+    atomic_write_json(os.path.join(folder, "index.json"), records)
 
 
 def load_digits_split(split: str, root: Optional[str] = None, test_fraction: float = 0.2,

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..utils.io import atomic_save_png, atomic_write_json
+from ..core import atomic_save_image, atomic_write_json
 
 __all__ = ["SHAPE_CLASSES", "generate_shapes", "register_shapes", "default_cache_root",
            "cached_synthetic_folder", "generate_detection_records", "register_synthetic"]
@@ -82,7 +82,7 @@ def cached_synthetic_folder(key: str, root: Optional[str], write: Callable[[str]
     index = os.path.join(folder, "index.json")
     if not os.path.exists(index):
         os.makedirs(folder, exist_ok=True)
-        atomic_write_json(write(folder), index)
+        atomic_write_json(index, write(folder))
     return folder
 
 
@@ -102,7 +102,7 @@ def generate_detection_records(key: str, num_images: int, image_size: int, seed:
         records = []
         for i in range(num_images):
             img, annos = make_record(rng)
-            atomic_save_png(np.asarray(img), os.path.join(folder, f"{i:05d}.png"))
+            atomic_save_image(os.path.join(folder, f"{i:05d}.png"), np.asarray(img))
             records.append({"file_name": f"{i:05d}.png", "annotations": annos})
         return records
 

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..utils.io import atomic_save_png
+from ..core import atomic_save_image
 from .synthetic import cached_synthetic_folder, default_cache_root, register_synthetic, synthetic_image_id
 
 __all__ = ["SYNTHETIC_SEG_CLASSES", "make_seg_sample", "generate_synthetic_seg", "register_synthetic_seg"]
@@ -96,8 +96,8 @@ def generate_synthetic_seg(
         rng = np.random.default_rng(seed)
         for i in range(num_images):
             img, label = make_seg_sample(rng, h, w, num_classes=num_classes, **sample_kwargs)
-            atomic_save_png(img, os.path.join(folder, f"{i:05d}.png"))
-            atomic_save_png(label, os.path.join(folder, f"{i:05d}_label.png"))
+            atomic_save_image(os.path.join(folder, f"{i:05d}.png"), img)
+            atomic_save_image(os.path.join(folder, f"{i:05d}_label.png"), label)
         return {"num_images": num_images, "height": h, "width": w}
 
     folder = cached_synthetic_folder(key, root, write)

@@ -13,7 +13,6 @@ Means skip NaN classes. Numbers are percentages, as Detectron2's COCO AP. The ev
 import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -23,6 +22,7 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..core import atomic_path
 from .build import register_evaluator
 
 __all__ = ["ClassificationEvaluator", "classification_metrics"]
@@ -71,17 +71,8 @@ def classification_metrics(labels: np.ndarray, topk: np.ndarray, num_classes: in
 
 
 def _atomic_write(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp" + suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def confusion_text(confusion: np.ndarray, class_names: Sequence[str], precision, recall) -> str:

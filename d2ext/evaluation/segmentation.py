@@ -15,7 +15,6 @@ over the classes other than class 0 (background); for a binary task they are the
 """
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
@@ -25,6 +24,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
+from ..core import atomic_save_image
 from .build import register_evaluator
 
 __all__ = [
@@ -200,13 +200,8 @@ class SegmentationMetricsEvaluator(DatasetEvaluator):
         with Image.open(file_name) as im:
             image = np.asarray(im.convert("RGB"))
         panel = overlay_panel(image, gt, pred, self._num_classes, self._ignore_label)
-        folder = os.path.join(self._output_dir, "overlays")
-        os.makedirs(folder, exist_ok=True)
         stem = os.path.splitext(os.path.basename(file_name))[0]
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-        os.close(fd)
-        Image.fromarray(panel).save(tmp, format="PNG")
-        os.replace(tmp, os.path.join(folder, f"{stem}.png"))
+        atomic_save_image(os.path.join(self._output_dir, "overlays", f"{stem}.png"), panel)
 
     @property
     def num_classes(self) -> int:

@@ -37,7 +37,6 @@ dataset dicts (:func:`widerface_gt_from_dicts`). Predictions are read and writte
 """
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
-from ..utils.io import atomic_write_json
+from ..core import atomic_path, atomic_write_json, atomic_write_text
 from .build import register_evaluator
 
 __all__ = [
@@ -412,23 +411,9 @@ def write_widerface_predictions(pred_dir: str, predictions: Mapping[str, np.ndar
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
         path = os.path.join(pred_dir, events[name], f"{name}.txt")
         lines = [name, str(len(boxes))] + [" ".join(_fmt(v) for v in row) for row in boxes]
-        _atomic_write_text(path, "\n".join(lines) + "\n")
+        atomic_write_text(path, "\n".join(lines) + "\n")
         n += 1
     return n
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -639,17 +624,8 @@ def plot_widerface_pr(results: Mapping[str, Mapping], path: str, title: str = "W
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,10 +718,10 @@ class WiderFaceEvaluator(DatasetEvaluator):
                 write_widerface_predictions(
                     os.path.join(self._output_dir, "widerface_predictions"), predictions, events)
             atomic_write_json(
+                os.path.join(self._output_dir, "widerface_results.json"),
                 {s: {"ap": r["ap"], "num_faces": r["num_faces"],
                      "precision": r["precision"].tolist(), "recall": r["recall"].tolist()}
-                 for s, r in results.items()},
-                os.path.join(self._output_dir, "widerface_results.json"))
+                 for s, r in results.items()})
             if self._plot:
                 plot_widerface_pr(results, os.path.join(self._output_dir, "widerface_pr.png"),
                                   title=self._dataset_name)

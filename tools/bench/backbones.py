@@ -64,7 +64,7 @@ def _models(arch):
     import torch
     import torchvision
 
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import setup_cfg
     from d2ext.modeling.meta_arch.classifier import ImageClassifier
     from d2ext.modeling.weight_import import get_weight_converter

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from d2ext.core import atomic_open
 from tools.bench.common import Result
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,8 +75,7 @@ def _synthetic_wider(num_images: int) -> str:
         return path
     os.makedirs(CACHE, exist_ok=True)
     rng = random.Random(0)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         for i in range(num_images):
             n = rng.randint(0, 20)
             f.write(f"{i % 61}--Event/{i % 61}_Event_img_{i}.jpg\n{max(n, 1)}\n")
@@ -86,7 +86,6 @@ def _synthetic_wider(num_images: int) -> str:
                 w, h = rng.randint(4, 100), rng.randint(4, 100)
                 f.write(f"{x} {y} {w} {h} {rng.randint(0, 2)} {rng.randint(0, 1)} {rng.randint(0, 1)} "
                         f"{rng.randint(0, 1)} {rng.randint(0, 2)} {rng.randint(0, 1)} \n")
-    os.replace(tmp, path)
     return path
 
 

@@ -79,7 +79,7 @@ def _train_image_baseline(args, classes, deadline, out_dir):
 def _train_pose_head(args, classes, out_dir):
     from converters.cricket import register_cricket
 
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import Trainer, setup_cfg
 
     kp_file = out_dir / "keypoints.json"
@@ -135,7 +135,7 @@ def cricket(args):
 
 def pose_synthetic(args):
     """Shot head on synthetic stick figures: torso-normalised keypoints vs image coordinates."""
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.modeling.pose import synthetic_head_accuracy
 
     rows = []

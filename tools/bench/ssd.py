@@ -43,7 +43,7 @@ def ssd300_latency(args):
     import torch
     from torchvision.models.detection import ssd300_vgg16
 
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import setup_cfg
     from d2ext.modeling.weight_import import get_weight_converter
     from detectron2.modeling import build_model
@@ -82,7 +82,7 @@ def _bccd_row(args, model_name: str):
     cfg_file = str(REPO / "configs" / "bccd" / f"{model_name}.yaml")
     out_dir = Path(args.ssd_output) / f"bccd_{model_name}"
     t0 = time.perf_counter()
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from converters.builtin import register_builtin_datasets
     from d2ext.engine import setup_cfg
 

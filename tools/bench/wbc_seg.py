@@ -124,7 +124,7 @@ def _classic_params() -> int:
 
 def run_wbc_seg(args):
     """U-Net vs Otsu vs k-means on white-blood-cell images (Dice, mIoU, pixel accuracy)."""
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import Trainer
     from d2ext.evaluation.classical import evaluate_classical
 

@@ -42,7 +42,7 @@ def run_yolov3_latency(args):
     """YOLOv3-416 (80 classes) CPU latency, batch 1, and parameter count."""
     import torch
 
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import setup_cfg
     from detectron2.modeling import build_model
 
@@ -66,7 +66,7 @@ def run_yolov3_latency(args):
 
 
 def _run_bccd(model_name, args):
-    import d2ext  # noqa: F401
+    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
     from d2ext.engine import setup_cfg
 
     config = REPO / "configs" / "bccd" / f"{model_name}.yaml"
