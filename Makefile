@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DETECTRON2_WHEEL := sal-detectron2==0.7.2
 STAMP := $(VENV)/.d2ext-setup-done
+# Detectron2's own dependencies, read from the installed wheel's metadata (Requires-Dist without
+# extras), so nothing it needs (black for LazyConfig.save, packaging, ...) is missed by hand.
+DETECTRON2_DEPS = $(PY) -c "import importlib.metadata as m, shlex; from packaging.requirements import Requirement as R; \
+	print(' '.join(shlex.quote(str(r)) for r in map(R, m.requires('sal-detectron2') or []) \
+	if r.marker is None or r.marker.evaluate({'extra': ''})))"
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-all test-slow benchmark clean
@@ -14,13 +19,14 @@ setup: $(STAMP)
 # The stamp depends on the pin files, so a second `make setup` does nothing unless they change.
 $(STAMP): requirements.txt setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip<26" wheel
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q --upgrade "pip<26" wheel packaging
 	# Detectron2 ships only a cp310 wheel on the package index; its Python code runs on 3.11
 	# (the compiled _C extension does not load, so d2ext never needs it).
 	$(PIP) install -q --no-deps --only-binary=:all: --python-version 3.10 --implementation cp \
 		--upgrade --target "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		$(DETECTRON2_WHEEL)
+	# our pins and Detectron2's declared dependencies, resolved together
+	$(PIP) install -q -r requirements.txt $$($(DETECTRON2_DEPS))
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import detectron2, d2ext; print('detectron2', detectron2.__version__, 'd2ext ok')"
 	touch $(STAMP)

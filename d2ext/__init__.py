@@ -18,7 +18,10 @@ __all__ = ["add_d2ext_config", "register_all", "__version__"]
 
 def register_all() -> None:
     """Import every d2ext component package, so that each registers itself with Detectron2."""
-    from . import data, evaluation, modeling  # noqa: F401  (registration side effects)
+    from . import data, modeling  # noqa: F401  (registration side effects)
+    # d2ext.evaluation is lazy (its torch-free protocol modules must import without Detectron2):
+    # its evaluator modules are imported by name so that each registers its builder.
+    from .evaluation import build, classification, mask_sem_seg, segmentation, widerface  # noqa: F401
 
 
 def add_d2ext_config(cfg):

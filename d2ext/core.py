@@ -321,6 +321,7 @@ def check_outputs(inputs: Iterable[Optional[PathLike]], outputs: Iterable[Option
             if out == inp:
                 raise UnsafeOutputError(f"{tool}: output {name} is the input {in_name}; "
                                         "choose another output path")
+        for in_name, inp in ins:
             if os.path.isdir(inp) and _inside(out, inp):
                 raise UnsafeOutputError(f"{tool}: output {name} lies inside the input folder {in_name}")
             if _inside(inp, out):

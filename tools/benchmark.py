@@ -4,13 +4,14 @@
     tools/benchmark.py --list
     tools/benchmark.py ROW [ROW ...] [--json FILE] [row options]
 
-Row groups live in ``tools/bench/*.py`` (each defines ``ROWS`` and maybe ``add_arguments``).
-Every run prints a table and, with ``--json``, writes a list of
-``{"name", "value", "unit", "peer", "peer_value", "ratio", "notes"}`` objects.
+Row groups live in ``tools/bench/*.py`` (each defines ``ROWS`` and maybe ``add_arguments`` for
+flags of its own). The flags every row shares are declared here, once: ``--budget-min``,
+``--data``, ``--test-data``, ``--output``. Every trained row is sized by the one rule in
+``tools/bench/common.py`` (``train_within_budget``). Every run prints a table and, with ``--json``,
+writes a list of ``{"name", "value", "unit", "peer", "peer_value", "ratio", "notes"}`` objects.
 """
 import argparse
 import importlib
-import json
 import logging
 import os
 import pkgutil
@@ -52,17 +53,43 @@ def write_json(results, path):
                              for r in results], indent=2)
 
 
-def main(argv=None):
+def add_shared_arguments(parser) -> None:
+    """The flags every row group shares (declared here only; a row module that declares one of them
+    again makes argparse raise at start-up)."""
+    parser.add_argument("--budget-min", type=float, default=10.0,
+                        help="training budget per trained model, minutes (calibration, building and "
+                             "training; evaluation is not counted)")
+    parser.add_argument("--data", default=None,
+                        help="dataset folder for rows that read one (default: the row's folder under "
+                             "$D2EXT_SHARED_DATA)")
+    parser.add_argument("--test-data", default=None,
+                        help="a second dataset folder to test on (another source); default: the "
+                             "held-back split of --data")
+    parser.add_argument("--output", default=None,
+                        help="folder for the runs (checkpoints, logs, evaluation files); default: a "
+                             "new temp folder")
+
+
+def build_parser():
+    """``(parser, {row name: function})``: the shared flags, then each row module's own."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rows", nargs="*", help="row groups to run (see --list)")
     parser.add_argument("--list", action="store_true", help="list the row groups and exit")
     parser.add_argument("--json", help="write the results here as JSON")
+    add_shared_arguments(parser)
     registry = {}
     for mod in _row_modules():
         if hasattr(mod, "add_arguments"):
-            mod.add_arguments(parser)
+            mod.add_arguments(parser.add_argument_group(mod.__name__.rsplit(".", 1)[-1]))
         for name, fn in mod.ROWS.items():
+            if name in registry:
+                raise RuntimeError(f"benchmark row {name} is defined twice ({mod.__name__})")
             registry[name] = fn
+    return parser, registry
+
+
+def main(argv=None):
+    parser, registry = build_parser()
     args = parser.parse_args(argv)
     if args.list or not args.rows:
         for name in sorted(registry):

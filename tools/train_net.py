@@ -5,36 +5,40 @@
         [--eval-only] [--num-gpus N] [KEY VALUE ...]
 
 Works on CPU: ``--num-gpus 2`` without a GPU starts 2 CPU processes over gloo.
-Datasets: the synthetic ones register on ``import d2ext``; real ones are registered from
-``$D2EXT_DATA`` / ``../shared/data`` by ``converters.builtin`` (lazily: files are read on use).
+Datasets: d2ext's synthetic ones are always registered; the real ones (BCCD, WIDER Face, WBC, COCO
+keypoints) are registered from ``$D2EXT_SHARED_DATA`` (default ``../shared/data`` beside the
+checkout) by ``converters.builtin``, lazily: files are read on use. An entry of ``DATASETS.TRAIN`` /
+``DATASETS.TEST`` may also be the path of a COCO JSON file (see README, "Train on your own data").
 """
-import logging
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-from d2ext.engine import Trainer, setup_cfg  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from tools._common import register_real_datasets  # noqa: E402
+from tools._common import add_debug_flag, default_argument_parser, run_tool  # noqa: E402
 
 
 def setup(args):
+    from d2ext.engine import setup_cfg
+    from detectron2.engine import default_setup
+
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
     return cfg
 
 
 def main(args):
+    from d2ext.engine import Trainer
+    from d2ext.checkpoint import SafeCheckpointer
+    from detectron2.evaluation import verify_results
+    from detectron2.utils import comm
+    from tools._common import register_real_datasets
+
     register_real_datasets()
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
@@ -46,17 +50,23 @@ def main(args):
     return trainer.train()
 
 
-def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+def _launch(args):
+    import logging
+
+    import d2ext.engine  # noqa: F401  (registers every d2ext component)
+    from detectron2.engine import launch
+
     logging.getLogger("detectron2").info("Command Line Args: %s", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return 0
+
+
+def cli(argv=None):
+    parser = default_argument_parser(__doc__)
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    sys.exit(run_tool(_launch, args, "train_net"))
 
 
 if __name__ == "__main__":

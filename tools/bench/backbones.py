@@ -12,36 +12,27 @@
   ``tools/train_net.py`` (a subprocess, as a user would) and report the top-1 accuracy on
   ``digits_test`` (goal >= 97 %), with the wall-clock and CPU time of the whole run (goal < 60 s).
 """
-import argparse
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from tools.bench.common import Result
+from tools.bench.common import Result, row_output
 
 REPO = Path(__file__).resolve().parents[2]
 ARCHS = ["lenet5", "alexnet", "vgg16", "vgg16_bn", "googlenet", "resnet34", "densenet121"]
 
 
 def add_arguments(parser):
-    for args, kw in [
-        (("--backbone-archs",), dict(default=",".join(ARCHS), help="backbone_forward: comma-separated archs")),
-        (("--backbone-batch",), dict(type=int, default=8, help="backbone_forward: batch size (LeNet: 32)")),
-        (("--backbone-size",), dict(type=int, default=224, help="backbone_forward: input side (LeNet: 32)")),
-        (("--backbone-repeat",), dict(type=int, default=5, help="backbone_forward: timed calls per model")),
-        (("--backbone-threads",), dict(type=int, default=1, help="backbone_forward: torch threads")),
-        (("--lenet-output",), dict(default="", help="lenet5_digits: output folder (default: a temp dir)")),
-    ]:
-        try:
-            parser.add_argument(*args, **kw)
-        except argparse.ArgumentError:
-            pass
+    parser.add_argument("--backbone-archs", default=",".join(ARCHS), help="backbone_forward: comma-separated archs")
+    parser.add_argument("--backbone-batch", type=int, default=8, help="backbone_forward: batch size (LeNet: 32)")
+    parser.add_argument("--backbone-size", type=int, default=224, help="backbone_forward: input side (LeNet: 32)")
+    parser.add_argument("--backbone-repeat", type=int, default=5, help="backbone_forward: timed calls per model")
+    parser.add_argument("--backbone-threads", type=int, default=1, help="backbone_forward: torch threads")
 
 
 def _lenet_reference(ours):
@@ -124,7 +115,7 @@ def backbone_forward(args):
 
 def lenet5_digits(args):
     """LeNet-5 trained on digits through tools/train_net.py: test top-1 accuracy and run time."""
-    out = args.lenet_output or tempfile.mkdtemp(prefix="bench_lenet5_digits_")
+    out = row_output(args, "lenet5_digits")
     cmd = [sys.executable, str(REPO / "tools/train_net.py"), "--config-file",
            str(REPO / "configs/classification/lenet5_digits.yaml"), "OUTPUT_DIR", out]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

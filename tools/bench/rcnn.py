@@ -1,12 +1,11 @@
 """Detectron2's R-CNN family and RetinaNet, and d2ext's DeepLabv3, beside the YOLO / SSD / U-Net rows.
 
-    tools/benchmark.py bccd/faster_rcnn bccd/retinanet [--budget-min N] [--rcnn-out DIR]
+    tools/benchmark.py bccd/faster_rcnn bccd/retinanet [--budget-min N] [--output DIR]
     tools/benchmark.py wbc_seg/deeplabv3/binary wbc_seg/deeplabv3/3class wbc_seg/mask_rcnn/binary
 
-Every row trains its config from scratch with ``tools/train_net.py`` (a subprocess, so its peak
-RSS is its own, read with ``os.wait4``) for as many iterations as fit in ``--budget-min`` minutes
-(the step time is measured first, in this process, on one real training batch; learning-rate
-steps at 80% / 93% of the iterations), then loads ``model_final.pth`` here and evaluates it with
+Every row trains its config from scratch with the shared ``train_within_budget`` rule
+(``tools/train_net.py`` in a subprocess, so its peak RSS is its own; the config's learning-rate
+steps rescaled to the run's length), then loads ``model_final.pth`` here and evaluates it with
 the d2ext ``Trainer.test`` — the evaluator the dataset's ``evaluator_type`` selects, as for
 every other row — and times inference on one test image (batch 1, median of 5 after a warm-up,
 data mapping excluded).
@@ -26,30 +25,16 @@ foreground Dice, ``/mIoU``, ``/pixel_acc`` (fractions), ``/latency_ms``, ``/peak
 ``wbc_inst_test``; COCO segm AP (``/segm_AP``) and, through ``TEST.MASK_SEM_SEG_DATASETS``, the
 same Dice / mIoU / pixel accuracy against ``wbc_seg_binary_test``'s label maps.
 """
-import argparse
 import logging
 import os
 import statistics
-import sys
-import tempfile
 from pathlib import Path
 
-from tools.bench.common import (Result, coco_ap_per_class, coco_eval_files, run_measured,
-                                seconds_per_train_step, time_call)
+from tools.bench.common import (Result, coco_ap, coco_ap_per_class, coco_eval_files, row_output, time_call,
+                                train_within_budget)
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-
-
-def add_arguments(parser):
-    for args, kw in [
-        (("--budget-min",), dict(type=float, default=10.0, help="training budget in minutes per model")),
-        (("--rcnn-out",), dict(default=None, help="rcnn / deeplab rows: folder for the runs (default: a temp dir)")),
-    ]:
-        try:
-            parser.add_argument(*args, **kw)
-        except argparse.ArgumentError:
-            pass
 
 
 def _ensure_datasets(*names):
@@ -66,44 +51,12 @@ def _ensure_datasets(*names):
                          f"bccd/ and wbc_seg/)")
 
 
-def _train(config: Path, out_dir: Path, budget_min: float, extra_opts=()):
-    """Train ``config`` within the budget in a subprocess; returns (cfg, max_iter, minutes, peak MiB)."""
-    from d2ext.engine import setup_cfg
-
-    base_opts = ["MODEL.DEVICE", "cpu", "SEED", "0", *extra_opts]
-    probe = setup_cfg(str(config), base_opts + ["DATALOADER.NUM_WORKERS", "0"])
-    # Data loading, logging and checkpointing cost ~25% on top of the compute timed here.
-    max_iter = max(20, int(0.75 * 60.0 * budget_min / seconds_per_train_step(probe)))
-    opts = base_opts + [
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.STEPS", f"({int(0.8 * max_iter)}, {int(0.93 * max_iter)})",
-        "SOLVER.WARMUP_ITERS", str(min(100, max(1, max_iter // 10))),
-        "SOLVER.CHECKPOINT_PERIOD", str(10**9),
-        "DATASETS.TEST", "()",  # evaluated below, in this process
-        "OUTPUT_DIR", str(out_dir),
-    ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir.parent / f"{out_dir.name}.log"
-    logger.info("%s: %d iterations for a %.1f-minute budget (log %s)", config.name, max_iter, budget_min, log_path)
-    cmd = [sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", str(config), *opts]
-    returncode, wall_s, peak_mib = run_measured(cmd, str(log_path), cwd=str(REPO))
-    minutes = wall_s / 60
-    if returncode != 0:
-        raise RuntimeError(f"{config.name}: train_net.py exited {returncode}; see {log_path}")
-    cfg = setup_cfg(str(config), base_opts + ["OUTPUT_DIR", str(out_dir), "DATALOADER.NUM_WORKERS", "0"])
-    return cfg, max_iter, minutes, peak_mib
-
-
-def _load_and_test(cfg):
-    """(model, results of Trainer.test on cfg.DATASETS.TEST)."""
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    from d2ext.engine import Trainer
-
-    model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-    model.eval()
-    return model, Trainer.test(cfg, model)
+def _train(config: Path, row: str, args):
+    """Train ``config`` within ``--budget-min`` (the shared rule), then evaluate it here:
+    ``(BudgetRun, model, results)``."""
+    run = train_within_budget(str(config), row_output(args, row), args.budget_min, opts=["MODEL.DEVICE", "cpu"])
+    model, res = run.evaluate()
+    return run, model, res
 
 
 def _latency_ms(cfg, model) -> float:
@@ -120,21 +73,6 @@ def _latency_ms(cfg, model) -> float:
     return 1000 * statistics.median(times)
 
 
-def _ap(res, task: str, key: str = "AP") -> float:
-    """COCO ``res[task][key]`` as a fraction; 0 when the model made no detection (Detectron2
-    then reports NaN, or leaves the task out when no prediction carries it)."""
-    v = res.get(task, {}).get(key, float("nan"))
-    return 0.0 if v != v else v / 100
-
-
-def _out_root(args) -> Path:
-    if getattr(args, "rcnn_out", None):
-        return Path(args.rcnn_out)
-    if not hasattr(args, "_rcnn_tmp"):
-        args._rcnn_tmp = tempfile.mkdtemp(prefix="d2ext_rcnn_")
-    return Path(args._rcnn_tmp)
-
-
 def _threads_note():
     return f"OMP threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
 
@@ -142,13 +80,13 @@ def _threads_note():
 def _run_bccd(row: str, config_name: str, args):
     _ensure_datasets("bccd_train", "bccd_test")
     config = REPO / "configs" / "bccd" / config_name
-    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
-    model, res = _load_and_test(cfg)
+    run, model, res = _train(config, row, args)
+    cfg, max_iter, minutes, mem = run.cfg, run.max_iter, run.train_minutes, run.peak_mib
     eval_dir = Path(cfg.OUTPUT_DIR) / "inference" / cfg.DATASETS.TEST[0]
     _, _, per_class = coco_ap_per_class(*coco_eval_files(eval_dir, cfg.DATASETS.TEST[0]))
     note = (f"from scratch, {max_iter} iters x {cfg.SOLVER.IMS_PER_BATCH} imgs, {minutes:.1f} min train "
             f"(CPU, budget {args.budget_min:g} min); {config.relative_to(REPO)}")
-    rows = [Result(row, _ap(res, "bbox"), "AP", notes=note), Result(f"{row}/AP50", _ap(res, "bbox", "AP50"), "AP50")]
+    rows = [Result(row, coco_ap(res, "bbox"), "AP", notes=note), Result(f"{row}/AP50", coco_ap(res, "bbox", "AP50"), "AP50")]
     rows += [Result(f"{row}/AP50/{c}", v, "AP50") for c, v in per_class.items()]
     rows.append(Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
                        notes=f"one 640x480 image at test size {cfg.INPUT.MIN_SIZE_TEST}, batch 1, CPU, {_threads_note()}"))
@@ -176,8 +114,8 @@ def _run_deeplab(mode: str, args):
     _ensure_datasets(f"wbc_seg_{mode}_train", f"wbc_seg_{mode}_test")
     row = f"wbc_seg/deeplabv3/{mode}"
     config = REPO / "configs" / "wbc_seg" / f"deeplabv3_R34_{mode}.yaml"
-    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
-    model, res = _load_and_test(cfg)
+    run, model, res = _train(config, row, args)
+    cfg, max_iter, minutes, mem = run.cfg, run.max_iter, run.train_minutes, run.peak_mib
     note = (f"DeepLabv3 dilated R34 OS16, from scratch, {max_iter} iters in {minutes:.1f} min CPU "
             f"(budget {args.budget_min:g} min), short side {cfg.INPUT.MIN_SIZE_TEST}")
     return _seg_rows(row, res["sem_seg"], note) + [
@@ -202,14 +140,14 @@ def run_mask_rcnn_binary(args):
     _ensure_datasets("wbc_inst_train", "wbc_inst_test", "wbc_seg_binary_test")
     row = "wbc_seg/mask_rcnn/binary"
     config = REPO / "configs" / "wbc_seg" / "mask_rcnn_R34_FPN.yaml"
-    cfg, max_iter, minutes, mem = _train(config, _out_root(args) / row.replace("/", "_"), args.budget_min)
-    model, res = _load_and_test(cfg)
+    run, model, res = _train(config, row, args)
+    cfg, max_iter, minutes, mem = run.cfg, run.max_iter, run.train_minutes, run.peak_mib
     note = (f"instance masks painted (score >= {cfg.TEST.MASK_SEM_SEG_SCORE_THRESH}) and scored on "
             f"wbc_seg_binary_test; from scratch, {max_iter} iters in {minutes:.1f} min CPU "
             f"(budget {args.budget_min:g} min)")
     return _seg_rows(row, res["mask_sem_seg"], note) + [
-        Result(f"{row}/segm_AP", _ap(res, "segm"), "AP", notes="COCO mask AP on wbc_inst_test"),
-        Result(f"{row}/box_AP", _ap(res, "bbox"), "AP"),
+        Result(f"{row}/segm_AP", coco_ap(res, "segm"), "AP", notes="COCO mask AP on wbc_inst_test"),
+        Result(f"{row}/box_AP", coco_ap(res, "bbox"), "AP"),
         Result(f"{row}/latency_ms", _latency_ms(cfg, model), "ms",
                notes=f"one 300x300 image, batch 1, CPU, {_threads_note()}"),
         Result(f"{row}/peak_train_mem", mem, "MiB", notes="peak RSS of the training process"),

@@ -5,36 +5,23 @@
   480x640 image (both warp it to 300x300 in the model). Calls alternate between the two models and
   the median of ``--latency-repeat`` calls each is reported (the CPU may be shared); threads =
   ``--threads``. Goal: ratio <= 1.05.
-``bccd/ssd300``, ``bccd/ssd512``: train ``configs/bccd/ssd*.yaml`` from scratch through
-  ``tools/train_net.py`` on ``bccd_train`` within ``--budget-min`` minutes (the iteration count is
-  set from a short timing of the same training step in this process), evaluate on ``bccd_test``
-  with COCOEvaluator (at the end of training) and report AP, AP50, per-class AP50 and the peak
-  memory of the training process.
+``bccd/ssd300``, ``bccd/ssd512``: train ``configs/bccd/ssd*.yaml`` from scratch on ``bccd_train``
+  within ``--budget-min`` minutes (the shared ``train_within_budget`` rule), evaluate on
+  ``bccd_test`` with COCOEvaluator and report AP, AP50, per-class AP50 and the peak memory of the
+  training process.
 """
-import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, coco_ap_per_class, run_measured, seconds_per_train_step
+from tools.bench.common import Result, coco_ap, coco_ap_per_class, coco_eval_files, row_output, train_within_budget
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def add_arguments(parser):
-    for args, kw in [
-        (("--budget-min",), dict(type=float, default=30.0,
-                                 help="training budget in minutes for bccd/<model> rows")),
-        (("--latency-repeat",), dict(type=int, default=10, help="ssd300_latency: timed calls per model")),
-        (("--threads",), dict(type=int, default=1, help="ssd300_latency: torch threads")),
-        (("--ssd-output",), dict(default="output/bench_ssd",
-                                 help="bccd/ssd*: folder for checkpoints and evaluation files")),
-    ]:
-        try:
-            parser.add_argument(*args, **kw)
-        except argparse.ArgumentError:
-            pass
+    parser.add_argument("--latency-repeat", type=int, default=10, help="ssd300_latency: timed calls per model")
+    parser.add_argument("--threads", type=int, default=1, help="ssd300_latency: torch threads")
 
 
 # ---------------------------------------------------------------------------------- latency
@@ -79,43 +66,19 @@ def ssd300_latency(args):
 
 # ---------------------------------------------------------------------------------- BCCD
 def _bccd_row(args, model_name: str):
-    cfg_file = str(REPO / "configs" / "bccd" / f"{model_name}.yaml")
-    out_dir = Path(args.ssd_output) / f"bccd_{model_name}"
-    t0 = time.perf_counter()
-    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-    from converters.builtin import register_builtin_datasets
-    from d2ext.engine import setup_cfg
-
-    register_builtin_datasets()
-    s_per_iter = seconds_per_train_step(setup_cfg(cfg_file), n_warmup=2, n_timed=4)
-    calib_s = time.perf_counter() - t0
-    train_s = max(60.0, args.budget_min * 60.0 - calib_s)
-    # 10% margin for start-up, checkpointing and data-loader start
-    max_iter = max(20, int(0.9 * train_s / s_per_iter))
-    warmup = min(100, max_iter // 10)
-    steps = (int(max_iter * 0.75), int(max_iter * 0.9))
-    cmd = [
-        sys.executable, str(REPO / "tools" / "train_net.py"), "--config-file", cfg_file,
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", f"({steps[0]},{steps[1]})",
-        "SOLVER.WARMUP_ITERS", str(warmup), "SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1),
-        "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(out_dir),
-    ]
-    log_path = out_dir.parent / f"{out_dir.name}.log"
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    returncode, wall, peak_mb = run_measured(cmd, str(log_path), cwd=str(REPO))
-    if returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed; see {log_path}")
-    eval_dir = out_dir / "inference" / "bccd_test"
-    ap, ap50, per_class = coco_ap_per_class(str(eval_dir / "bccd_test_coco_format.json"),
-                                         str(eval_dir / "coco_instances_results.json"))
-    note = (f"{max_iter} iters x {s_per_iter:.2f} s (budget {args.budget_min:g} min, train+eval wall "
-            f"{wall / 60:.1f} min), CPU, from scratch")
-    # Same names and units (fractions) as the YOLO and R-CNN rows, so one table ranks them all.
+    config = REPO / "configs" / "bccd" / f"{model_name}.yaml"
     base = f"bccd/{model_name}"
-    rows = [Result(base, ap, "AP", notes=note), Result(f"{base}/AP50", ap50, "AP50", notes="goal mAP50 >= 0.70")]
+    run = train_within_budget(str(config), row_output(args, base), args.budget_min)
+    _, res = run.evaluate()
+    eval_dir = Path(run.output_dir) / "inference" / "bccd_test"
+    _, _, per_class = coco_ap_per_class(*coco_eval_files(eval_dir, "bccd_test"))
+    note = f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU"
+    # Same names and units (fractions) as the YOLO and R-CNN rows, so one table ranks them all.
+    rows = [Result(base, coco_ap(res, "bbox"), "AP", notes=note),
+            Result(f"{base}/AP50", coco_ap(res, "bbox", "AP50"), "AP50", notes="goal mAP50 >= 0.70")]
     rows += [Result(f"{base}/AP50/{name}", v, "AP50", notes="goal >= 0.90" if name == "WBC" else "")
              for name, v in per_class.items()]
-    rows.append(Result(f"bccd/{model_name}/peak_train_mem", peak_mb, "MiB",
+    rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
                        notes="peak RSS of the training process (data workers excluded)"))
     return rows
 
