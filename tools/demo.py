@@ -15,12 +15,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-from d2ext.engine import Predictor, Trainer, setup_cfg  # noqa: E402
-from d2ext.core import atomic_save_image  # noqa: E402
-from d2ext.utils.visualization import draw_instances  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data import detection_utils as utils  # noqa: E402
 from tools._common import setup_tool_logger  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +28,12 @@ def main(argv=None):
     p.add_argument("--num-vis", type=int, default=8, help="held-out images to draw")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
+    from d2ext.core import atomic_save_image
+    from d2ext.engine import Predictor, Trainer, setup_cfg
+    from d2ext.utils.visualization import draw_instances
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data import detection_utils as utils
+
     logger = setup_tool_logger()
 
     cfg = setup_cfg(args.config_file, list(args.opts) + ["OUTPUT_DIR", args.output])
@@ -59,7 +59,8 @@ def main(argv=None):
         outputs = predictor(record["file_name"])
         img = utils.read_image(record["file_name"], "RGB")
         name = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        atomic_save_image(os.path.join(vis_dir, f"{name}.png"), draw_instances(img, outputs["instances"], metadata, 0.5, scale=2.0))
+        atomic_save_image(os.path.join(vis_dir, f"{name}.png"),
+                          draw_instances(img, outputs["instances"], metadata, 0.5, scale=2.0))
     logger.info("training took %.0f s", train_s)
     print(f"prediction images: {os.path.abspath(vis_dir)}/*.png")
     print(f"demo AP: {bbox['AP']:.1f}")
