@@ -12,7 +12,7 @@ DETECTRON2_DEPS = $(PY) -c "import importlib.metadata as m, shlex; from packagin
 	if r.marker is None or r.marker.evaluate({'extra': ''})))"
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all test-slow benchmark clean
+.PHONY: setup setup-pose demo test test-all test-slow benchmark clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,18 @@ $(STAMP): requirements.txt setup.py Makefile
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import detectron2, d2ext; print('detectron2', detectron2.__version__, 'd2ext ok')"
 	touch $(STAMP)
+
+# Optional: MediaPipe BlazePose for `tools/extract_keypoints.py --backend mediapipe` (never part of
+# `setup`; its tests are skipped without it). mediapipe 0.10.14 is the last release whose wheel
+# bundles the pose models. Its declared dependencies jax, jaxlib, opencv-contrib-python and
+# sounddevice are not used by mediapipe.solutions.pose (and opencv-contrib-python would replace our
+# headless OpenCV), so it is installed with --no-deps plus what the pose API imports: protobuf<5
+# (its generated code fails on protobuf 5+; tensorboard accepts 4.25), attrs, flatbuffers
+# (absl-py, numpy, matplotlib are already pinned). `pip check` will list the unused ones as missing.
+setup-pose: setup
+	$(PIP) install -q --no-deps "mediapipe==0.10.14"
+	$(PIP) install -q --no-deps "protobuf>=4.25.3,<5" "attrs>=19.1.0" "flatbuffers>=2.0"
+	$(PY) -c "from mediapipe.python.solutions import pose; import cv2, mediapipe; print('mediapipe', mediapipe.__version__, 'pose ok; cv2', cv2.__version__)"
 
 demo: setup
 	$(PY) tools/demo.py --output output/demo

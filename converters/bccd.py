@@ -14,15 +14,21 @@ wins). ``truncated`` and ``difficult`` are kept on each annotation as ints (not 
 Coordinates: both readers treat VOC-style pixel coordinates as **1-based** (BCCD boxes span
 ``xmin >= 1`` to ``xmax <= 640``), exactly as Detectron2's ``load_voc_instances`` does:
 ``bbox = [xmin - 1, ymin - 1, xmax, ymax]`` (XYXY_ABS). Pass ``one_based=False`` to take them as
-they are. Degenerate boxes (``xmax <= xmin`` or ``ymax <= ymin`` in the file, e.g. the points in
-BloodImage_00338 / 00343) are reported and skipped; boxes partly outside the image are clipped
+they are. Degenerate boxes (``xmax == xmin`` or ``ymax == ymin`` in the file, e.g. the points in
+BloodImage_00338 / 00343: "zero-area box") and inverted ones (``xmin 491 > xmax 260``), and
+coordinates that are not finite or beyond +-2**20 px, are reported and skipped; boxes partly outside the image are clipped
 (reported repair) and boxes fully outside are skipped.
 
 Classes: ``thing_classes`` given -> rows of other classes are reported and skipped ("unknown
 class"). Not given -> taken from the data in a stable order: :data:`BCCD_CLASSES` order for the
 BCCD names (RBC, WBC, Platelets), then any other names alphabetically.
 
-Images: sizes come from the image headers (PIL, no decode); a missing or unreadable image is
+Paths: an image file name (CSV ``filename``, VOC ``<filename>``) or a split id that is absolute
+or leaves its folder is reported and skipped (``--strict``: an error); a VOC ``<size>`` that is
+not an integer (``inf``) is a reported repair when the image header gives the size, else a
+reported skip.
+
+Images: sizes come from the image headers (no decode); a missing or unreadable image is
 reported and its boxes skipped. Image ids are 1, 2, ... over the images sorted by file name (CSV)
 or in split-file order (VOC). A CSV row repeated exactly for the same image is reported as a
 duplicate and skipped; XML objects are kept as written.
@@ -34,9 +40,9 @@ import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from .common import (ConversionError, ConversionReport, check_box_xyxy, export_coco_json,
-                     iter_text_lines, make_box_annotation, make_record, progress,
-                     read_image_size, register_dataset, require_dir)
+from .common import (ConversionError, ConversionReport, ImagePaths, bad_number, check_box_xyxy,
+                     export_coco_json, iter_text_lines, make_box_annotation, make_record, progress,
+                     read_image_size, register_dataset, require_dir, resolve_inside)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +66,16 @@ def ordered_classes(names) -> List[str]:
 
 
 def _box_from_voc(file, line, image, xmin, ymin, xmax, ymax, width, height, one_based, report):
-    if xmax <= xmin or ymax <= ymin:
+    for name, v in (("xmin", xmin), ("ymin", ymin), ("xmax", xmax), ("ymax", ymax)):
+        why = bad_number(v)
+        if why is not None:
+            report.skip(file, line, f"bad coordinate: {name} {why}", image=image)
+            return None
+    if xmin > xmax or ymin > ymax:  # say what was found: the two ends are swapped
+        which = f"xmin {xmin:g} > xmax {xmax:g}" if xmin > xmax else f"ymin {ymin:g} > ymax {ymax:g}"
+        report.skip(file, line, f"inverted box: {which}", image=image)
+        return None
+    if xmax == xmin or ymax == ymin:
         report.skip(file, line, f"zero-area box: xmin {xmin:g} xmax {xmax:g} ymin {ymin:g} "
                                 f"ymax {ymax:g}", image=image)
         return None
@@ -152,9 +167,14 @@ def load_bccd_csv(csv_file, image_root=None, *, thing_classes: Optional[Sequence
     classes = list(thing_classes) if thing_classes is not None else ordered_classes(names_seen)
     report.note("thing_classes", classes)
     records = []
+    paths = ImagePaths(image_root)
     for fname in sorted(rows_by_image):
         rows = rows_by_image[fname]
-        path = os.path.join(image_root, fname) if image_root is not None else fname
+        path = paths.resolve(fname)
+        if path is None:
+            report.skip(src, rows[0][0], f"image path '{fname}' is absolute or leaves the image "
+                                         f"folder; its {len(rows)} boxes skipped", image=fname)
+            continue
         height = width = None
         if read_sizes and image_root is not None:
             size = _image_size(path, report, src, rows[0][0], f"its {len(rows)} boxes")
@@ -199,9 +219,12 @@ def _xml_int(node, tag, src, line, default=None):
     if text is None:
         return default
     try:
-        return int(float(text))
+        value = float(text)
     except ValueError:
-        raise ConversionError(src, line, f"<{tag}>: expected an integer, got '{text}'", FORMAT) from None
+        value = None
+    if value is None or bad_number(value) is not None or not value.is_integer():
+        raise ConversionError(src, line, f"<{tag}>: expected an integer, got '{text}'", FORMAT)
+    return int(value)
 
 
 def _element_lines(src):
@@ -243,12 +266,23 @@ def read_voc_xml(xml_file, image_root=None, *, thing_classes: Optional[Sequence[
     if root.tag != "annotation":
         raise ConversionError(src, lines.get(id(root)), f"expected <annotation>, got <{root.tag}>", FORMAT)
     fname = _xml_text(root, "filename", src, lines.get(id(root)))
-    path = os.path.join(image_root, fname) if image_root is not None else fname
+    path = ImagePaths(image_root).resolve(fname)
+    if path is None:
+        report.skip(src, lines.get(id(root)), f"<filename> '{fname}' is absolute or leaves the "
+                                              "image folder; its boxes skipped", image=fname)
+        return None, set()
     size = root.find("size")
     xml_wh = None
     if size is not None:
-        w = _xml_int(size, "width", src, lines.get(id(size)), default=0)
-        h = _xml_int(size, "height", src, lines.get(id(size)), default=0)
+        try:
+            w = _xml_int(size, "width", src, lines.get(id(size)), default=0)
+            h = _xml_int(size, "height", src, lines.get(id(size)), default=0)
+        except ConversionError as e:  # the image header gives the size; without it: skip
+            if not (read_sizes and image_root is not None):
+                report.skip(src, e.line, f"{e.message}; image skipped", image=fname)
+                return None, set()
+            report.repair(src, e.line, f"{e.message}; size taken from the image header", image=fname)
+            w = h = 0
         xml_wh = (w, h) if w > 0 and h > 0 else None
     width, height = xml_wh if xml_wh else (None, None)
     if read_sizes and image_root is not None:
@@ -291,6 +325,11 @@ def read_voc_xml(xml_file, image_root=None, *, thing_classes: Optional[Sequence[
 
 def read_split_file(split_file, report: Optional[ConversionReport] = None) -> List[str]:
     """Image ids of an ``ImageSets/Main/<split>.txt`` (first token per line; duplicates reported)."""
+    return [i for i, _ in read_split_lines(split_file, report)]
+
+
+def read_split_lines(split_file, report: Optional[ConversionReport] = None):
+    """``[(id, line number)]`` of a split file (see :func:`read_split_file`)."""
     report = report if report is not None else ConversionReport(FORMAT)
     ids, seen = [], {}
     for lineno, text in iter_text_lines(split_file, FORMAT):
@@ -301,7 +340,7 @@ def read_split_file(split_file, report: Optional[ConversionReport] = None) -> Li
             report.skip(split_file, lineno, f"duplicate id '{token}': same as line {seen[token]}")
             continue
         seen[token] = lineno
-        ids.append(token)
+        ids.append((token, lineno))
     return ids
 
 
@@ -316,8 +355,14 @@ def load_voc(annotations_dir, image_root=None, split_file=None, *,
     if read_sizes and image_root is not None:
         require_dir(image_root, "image folder", FORMAT)
     if split_file is not None:
-        xml_files = [(os.path.join(annotations_dir, i + ".xml"), split_file, n + 1)
-                     for n, i in enumerate(read_split_file(split_file, report))]
+        xml_files = []
+        for i, lineno in read_split_lines(split_file, report):
+            # an id is a file name stem: '../v1/a' or '/etc/x' must not open a file elsewhere
+            xml = resolve_inside(annotations_dir, i + ".xml")
+            if xml is None:
+                report.skip(split_file, lineno, f"id '{i}' names a file outside the annotation folder")
+                continue
+            xml_files.append((str(xml), split_file, lineno))
     else:
         try:
             names = sorted(n for n in os.listdir(annotations_dir) if n.endswith(".xml"))
@@ -385,16 +430,16 @@ def register_bccd(name: str, root, split: str, thing_classes: Sequence[str] = tu
                      root=os.fspath(root), split=split, thing_classes=list(thing_classes))
 
 
-def _export(records, report, out, image_root):
+def _export(records, report, out, image_root, batch=None):
     classes = report.notes["thing_classes"]
-    export_coco_json(records, classes, out, image_root=image_root, fmt=FORMAT)
+    export_coco_json(records, classes, out, image_root=image_root, fmt=FORMAT, batch=batch)
 
 
 def add_subcommand(subparsers):
     p = subparsers.add_parser("bccd-csv", help="BCCD-style box CSV -> COCO JSON")
     p.add_argument("--csv", required=True, help="filename,cell_type,xmin,xmax,ymin,ymax (any column order)")
     p.add_argument("--images", required=True, help="folder of the images named in the CSV")
-    p.add_argument("--out", required=True, help="COCO JSON to write")
+    p.add_argument("--output", "--out", dest="out", required=True, help="COCO JSON to write")
     p.add_argument("--classes", help="comma-separated class order (default: from the data)")
     p.add_argument("--zero-based", action="store_true", help="coordinates are 0-based (default 1-based VOC)")
     p.set_defaults(run=_run_csv, register_fn=_register_from_out, fmt=FORMAT)
@@ -403,28 +448,28 @@ def add_subcommand(subparsers):
     p.add_argument("--annotations", required=True, help="folder of VOC .xml files")
     p.add_argument("--images", required=True, help="folder of the images named by <filename>")
     p.add_argument("--split-file", help="ImageSets/Main/<split>.txt: only these ids, in this order")
-    p.add_argument("--out", required=True, help="COCO JSON to write")
+    p.add_argument("--output", "--out", dest="out", required=True, help="COCO JSON to write")
     p.add_argument("--classes", help="comma-separated class order (default: from the data)")
     p.add_argument("--zero-based", action="store_true", help="coordinates are 0-based (default 1-based VOC)")
-    p.set_defaults(run=_run_voc, register_fn=_register_from_out, fmt=FORMAT)
+    p.set_defaults(run=_run_voc, register_fn=_register_from_out, fmt="voc")
 
 
 def _classes(args):
     return [c.strip() for c in args.classes.split(",")] if args.classes else None
 
 
-def _run_csv(args, report):
+def _run_csv(args, report, batch=None):
     report.sources.append(str(args.csv))
     records = load_bccd_csv(args.csv, args.images, thing_classes=_classes(args), report=report,
                             one_based=not args.zero_based, show_progress=args.progress)
-    _export(records, report, args.out, args.images)
+    _export(records, report, args.out, args.images, batch)
 
 
-def _run_voc(args, report):
+def _run_voc(args, report, batch=None):
     report.sources.extend(str(s) for s in (args.annotations, args.split_file) if s)
     records = load_voc(args.annotations, args.images, args.split_file, thing_classes=_classes(args),
                        report=report, one_based=not args.zero_based, show_progress=args.progress)
-    _export(records, report, args.out, args.images)
+    _export(records, report, args.out, args.images, batch)
 
 
 def _register_from_out(args, name, report):

@@ -11,6 +11,8 @@ simply not registered. Calling it twice is harmless. Returns the names registere
 ``bccd_trainval``   ... ``trainval.txt`` (292)
                     thing_classes RBC, WBC, Platelets (:data:`converters.bccd.BCCD_CLASSES`),
                     evaluator_type "coco"
+``bccd_wbc1_*``     the same four splits, only images with exactly one WBC (194 / 85 / 65 / 279), one
+                    class "WBC", evaluator_type ["coco", "best_box_iou"] (converters.bccd_wbc1)
 ``widerface_val``   WIDER Face val annotations (images are not in the shared data: records have
                     no height/width; ``file_name`` points to ``widerface/WIDER_val/images/...``).
                     Metadata ``widerface_gt_dir`` = ``eval_tools/ground_truth``, evaluator_type
@@ -46,6 +48,20 @@ def _register_bccd(root: Path) -> List[str]:
                 and (base / "BCCD" / "Annotations").is_dir():
             register_bccd(f"bccd_{split}", base, split)
             names.append(f"bccd_{split}")
+    return names
+
+
+def _register_bccd_wbc1(root: Path) -> List[str]:
+    """bccd_wbc1_{train,val,test,trainval}: the BCCD splits, images with exactly one WBC."""
+    from .bccd_wbc1 import SPLITS, register_bccd_wbc1
+
+    base = root / "bccd"
+    names = []
+    for split in SPLITS:
+        if (base / "BCCD" / "ImageSets" / "Main" / f"{split}.txt").is_file() \
+                and (base / "BCCD" / "Annotations").is_dir():
+            register_bccd_wbc1(f"bccd_wbc1_{split}", base, split)
+            names.append(f"bccd_wbc1_{split}")
     return names
 
 
@@ -134,6 +150,7 @@ def register_builtin_datasets(root=None) -> List[str]:
     # ---- other converters register here: add one line per dataset family ----------------
     names += _register_wbc_seg(root)
     names += _register_cricket(root)
+    names += _register_bccd_wbc1(root)
     # ---------------------------------------------------------------------------------------
     logger.info("registered real datasets from %s: %s", root, ", ".join(names) or "none")
     return names

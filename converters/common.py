@@ -42,19 +42,30 @@ Files:
   stripped. Missing file -> ``ConversionError(path, None, ...)``.
 - ``atomic_write_json(path, obj, indent=None)``, ``atomic_write_bytes(path, data)``,
   ``atomic_open(path, mode="w")``: re-exported from :mod:`d2ext.core` (the one atomic writer).
-- ``read_image_size(path) -> (height, width)`` from the image header (PIL, no pixel decode),
-  swapped for EXIF orientations 5-8 as Detectron2's ``read_image`` would.
-  Raises ``ConversionError`` when the file is missing or not an image.
+- ``read_image_size(path) -> (height, width)`` from the image header (no pixel decode; JPEGs
+  by :func:`jpeg_header_size`, other formats by PIL), swapped for EXIF orientations 5-8 as
+  Detectron2's ``read_image`` would. Raises ``ConversionError`` when the file is missing or
+  not an image.
+
+Values checked where they enter:
+
+- ``MAX_COORDINATE`` (2**20 px); ``bad_number(v)`` / ``bad_numbers(values, names)`` say why a
+  value is not a finite number within +-MAX_COORDINATE (None when it is one); the caller
+  reports the skip with file and line.
+- ``ImagePaths(root).resolve(relative)``: ``root/relative``, or None when the path is absolute
+  or leaves ``root`` (``..``, symlinks); the caller reports the skip.
 - ``progress(iterable, enabled, desc, total=None, unit="it")`` — tqdm when enabled.
 
 COCO and Detectron2:
 
 - ``export_coco_json(records, thing_classes, path, *, image_root=None, info=None,
-  keypoint_names=None, skeleton=None) -> dict(num_images, num_annotations)`` streams any iterable
-  of records into a COCO JSON (categories 1-based; image ``file_name`` relative to
-  ``image_root`` when given; extra annotation keys such as ``attributes`` are kept; keypoint
-  x/y have Detectron2's +0.5 removed so ``load_coco_json`` gives back the same values).
-  Memory stays bounded (annotations are spooled to a temp file). Written atomically.
+  keypoint_names=None, skeleton=None, batch=None, require_sizes=True) -> dict(num_images,
+  num_annotations)`` streams any iterable of records into a COCO JSON (categories 1-based;
+  image ``file_name`` relative to ``image_root`` when given, which the file records as
+  ``"d2ext": {"image_root": ...}`` (:func:`coco_image_root`); extra annotation keys such as
+  ``attributes`` are kept; keypoint x/y have Detectron2's +0.5 removed so ``load_coco_json``
+  gives back the same values). Memory stays bounded (annotations are spooled to a temp file).
+  Written atomically, or into ``batch`` (a ``d2ext.core.OutputBatch``); orjson encodes.
 - ``register_dataset(name, loader, metadata, **loader_kwargs)`` registers ``loader(**kwargs)``
   lazily in ``DatasetCatalog`` and ``metadata`` in ``MetadataCatalog``. Calling it again with an
   equal loader (same function / partial args), kwargs and metadata is a no-op; anything else
@@ -62,17 +73,16 @@ COCO and Detectron2:
 - ``default_data_root() -> Path``: ``$D2EXT_SHARED_DATA`` or ``<repo>/../shared/data``.
 """
 import functools
-import json
 import logging
 import math
 import os
 import shutil
 import tempfile
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from d2ext.core import atomic_open, atomic_write_bytes, atomic_write_json, data_root  # noqa: E402,F401
+from d2ext.core import (OutputBatch, atomic_open, atomic_write_bytes, atomic_write_json,  # noqa: F401
+                        data_root, dumps_json, resolve_inside)
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +175,9 @@ class ConversionReport:
             "num_skipped": len(self.skipped),
             "num_repaired": len(self.repaired),
             "skip_reasons": self.skip_reasons(),
-            "skipped": self.skipped,
-            "repaired": self.repaired,
-            **self.notes,
+            "skipped": _json_safe(self.skipped),
+            "repaired": _json_safe(self.repaired),
+            **_json_safe(self.notes),
         }
 
     def write(self, path) -> None:
@@ -178,6 +188,18 @@ class ConversionReport:
         return (f"{self.fmt}: {self.num_images} images, {self.num_annotations} objects"
                 f"{' (' + per_class + ')' if per_class else ''}; {len(self.skipped)} skipped, "
                 f"{len(self.repaired)} repaired")
+
+
+def _json_safe(value):
+    """``value`` with non-finite floats written as strings ('nan', 'inf'): a report quotes bad
+    input, and NaN is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +237,10 @@ def check_box_xyxy(box, width, height, report: ConversionReport, file, line, wha
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         report.skip(file, line, f"non-finite {what}: {[x0, y0, x1, y1]}", **extra)
+        return None
+    if not all(-MAX_COORDINATE <= v <= MAX_COORDINATE for v in (x0, y0, x1, y1)):
+        report.skip(file, line, f"{what} out of range: {[x0, y0, x1, y1]} (|v| <= "
+                                f"{MAX_COORDINATE:g})", **extra)
         return None
     if x1 <= x0 or y1 <= y0:
         report.skip(file, line, f"zero or negative size {what}: "
@@ -297,8 +323,93 @@ def read_image_size(path, fmt: str = "common") -> Tuple[int, int]:
     """``(height, width)`` from the image header, without decoding pixels.
 
     EXIF orientations 5-8 (90-degree rotations) swap the two, as Detectron2's ``read_image``
-    applies them when loading.
+    applies them when loading. JPEGs are read by :func:`jpeg_header_size`; other formats, and
+    any JPEG it does not understand, go through PIL (Detectron2's own reader).
     """
+    if os.fspath(path).lower().endswith((".jpg", ".jpeg", ".jpe", ".jfif")):
+        try:
+            size = jpeg_header_size(path)
+        except OSError:
+            size = None  # PIL below says what is wrong with the file
+        if size is not None:
+            return size
+    return _read_image_size_pil(path, fmt)
+
+
+_JPEG_NOT_SOF = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the 0xC0-0xCF range with the SOF markers
+
+
+def jpeg_header_size(path) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` of a JPEG from its SOF marker, swapped when the first EXIF block's
+    orientation (tag 0x0112 of IFD0, read as PIL reads it) is 5-8; None for anything this small
+    reader does not handle (the caller then asks PIL).
+
+    Hand-written rather than ``imagesize.get`` (which gives the same answers, checked in
+    tests/test_converters_hostile.py): importing imagesize pulls urllib and http.client for its
+    URL reader, ~130 ms on the shared machine, about a sixth of a whole WIDER val conversion;
+    reading the header costs the same either way (the ``open`` dominates).
+    """
+    orientation = 1
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return None
+        while True:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0xFF:
+                return None  # truncated, or fill bytes / a marker without length: PIL decides
+            marker, length = head[1], (head[2] << 8) | head[3]
+            if length < 2:
+                return None
+            if 0xC0 <= marker <= 0xCF and marker not in _JPEG_NOT_SOF:
+                sof = f.read(5)
+                if len(sof) < 5:
+                    return None
+                height, width = (sof[1] << 8) | sof[2], (sof[3] << 8) | sof[4]
+                if height == 0 or width == 0:  # height given later by a DNL marker
+                    return None
+                return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+            if marker == 0xE1 and orientation == 1:
+                payload = f.read(length - 2)
+                if payload.startswith(b"Exif\x00\x00"):
+                    orientation = _exif_orientation(payload[6:])
+                    if orientation is None:
+                        return None
+                    if orientation == 1:
+                        orientation = 0  # the first EXIF block decides, as in PIL
+                continue
+            if marker == 0xDA or marker == 0xD9:  # scan data or end before any SOF
+                return None
+            f.seek(length - 2, 1)
+
+
+def _exif_orientation(tiff: bytes) -> Optional[int]:
+    """The orientation tag of IFD0 in a TIFF-structured EXIF block (1 when absent), None when
+    the block is malformed or the tag is not a SHORT (PIL then decides)."""
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return None
+    big = tiff[:2] == b"MM"
+
+    def u16(i):
+        return (tiff[i] << 8 | tiff[i + 1]) if big else (tiff[i + 1] << 8 | tiff[i])
+
+    def u32(i):
+        return int.from_bytes(tiff[i:i + 4], "big" if big else "little")
+
+    if u16(2) != 42:
+        return None
+    ifd = u32(4)
+    if ifd + 2 > len(tiff):
+        return None
+    for k in range(u16(ifd)):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(tiff):
+            return None
+        if u16(entry) == 0x0112:
+            return u16(entry + 8) if u16(entry + 2) == 3 else None
+    return 1
+
+
+def _read_image_size_pil(path, fmt: str = "common") -> Tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -310,11 +421,95 @@ def read_image_size(path, fmt: str = "common") -> Tuple[int, int]:
                 orientation = 1
     except FileNotFoundError:
         raise ConversionError(path, None, "image not found", fmt=fmt) from None
-    except (UnidentifiedImageError, OSError) as e:
+    except IsADirectoryError:
+        raise ConversionError(path, None, "is a folder, not an image", fmt=fmt) from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise ConversionError(path, None, f"not a readable image ({e.__class__.__name__})", fmt=fmt) from None
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return int(h), int(w)
+
+
+# --------------------------------------------------------------------------------------------
+# values checked where they enter
+# --------------------------------------------------------------------------------------------
+#: Largest absolute pixel coordinate accepted from a file. Real images are far smaller (the
+#: largest camera sensors are ~20k px a side); anything beyond is a corrupt or hostile value
+#: (``1e300``) that would survive as a huge box or overflow float32 arithmetic downstream.
+MAX_COORDINATE = float(1 << 20)
+
+
+def bad_number(value) -> Optional[str]:
+    """Why ``value`` is not a usable coordinate (None when it is one): not a number (strings
+    and bools are not: parse text first), not finite, or beyond +-:data:`MAX_COORDINATE`."""
+    if isinstance(value, (bool, str)):
+        return f"{value!r} is not a number"
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)  # numpy scalars
+        except (TypeError, ValueError):
+            return f"{value!r} is not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value!r} is not finite"
+    if not -MAX_COORDINATE <= value <= MAX_COORDINATE:
+        return f"{value:g} is out of range (|v| <= {MAX_COORDINATE:g})"
+    return None
+
+
+def bad_numbers(values, names: Optional[Sequence[str]] = None) -> Optional[str]:
+    """The first problem among ``values`` (see :func:`bad_number`), naming the value's position
+    or name, or None when all are usable."""
+    for i, v in enumerate(values):
+        why = bad_number(v)
+        if why is not None:
+            return f"{names[i] if names is not None else f'value {i}'} {why}"
+    return None
+
+
+class ImagePaths:
+    """Image paths named by an annotation file, kept inside their image folder.
+
+    ``resolve(relative)`` gives ``root/relative`` as a string, or None when the path is
+    absolute or leaves ``root`` (``..``, a symlinked folder or file pointing outside): the caller
+    reports the skip. The check is :func:`d2ext.core.resolve_inside` (realpath based); its
+    folder part is cached, so 3k images in 61 folders cost 61 realpath calls, not 3k.
+    ``root=None`` keeps relative paths as given and refuses absolute and ``..`` paths
+    lexically."""
+
+    def __init__(self, root):
+        self.root = None if root is None else os.fspath(root)
+        self._dirs: Dict[str, bool] = {}
+        self._symlinks: Dict[str, set] = {}
+
+    def resolve(self, relative: str) -> Optional[str]:
+        rel = relative.replace("\\", "/")
+        if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or \
+                ".." in rel.split("/"):
+            return None
+        if self.root is None:
+            return relative
+        folder, base = os.path.split(rel)
+        ok = self._dirs.get(folder)
+        if ok is None:
+            ok = self._dirs[folder] = resolve_inside(self.root, folder or ".") is not None
+        if not ok:
+            return None
+        path = os.path.join(self.root, relative)
+        if base in self._links(folder) and resolve_inside(self.root, rel) is None:
+            return None
+        return path
+
+    def _links(self, folder: str) -> set:
+        """Names of the symlinks in ``root/folder`` (one listing per folder, not a stat per file)."""
+        links = self._symlinks.get(folder)
+        if links is None:
+            try:
+                with os.scandir(os.path.join(self.root, folder)) as it:
+                    links = {e.name for e in it if e.is_symlink()}
+            except OSError:  # a missing folder: its images are reported when they are read
+                links = set()
+            self._symlinks[folder] = links
+        return links
 
 
 def require_dir(path, what: str = "folder", fmt: str = "common") -> None:
@@ -377,50 +572,111 @@ def _xywh(ann: dict) -> List[float]:
     raise ValueError(f"bbox_mode {mode} cannot be exported to COCO (absolute XYXY/XYWH only)")
 
 
-def _jsonable(value) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
 _EXTRA_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
 
 
 def _coco_annotation(ann: dict, ann_id: int, image_id) -> dict:
     mode = ann.get("bbox_mode", BOX_MODE_XYXY_ABS)
-    bbox = list(ann["bbox"]) if mode == BOX_MODE_XYWH_ABS else _xywh(ann)
+    bbox = ann["bbox"] if mode == BOX_MODE_XYWH_ABS else _xywh(ann)  # only serialised: no copy
     coco = {"id": ann_id, "image_id": image_id, "category_id": int(ann["category_id"]) + 1,
             "bbox": bbox, "iscrowd": int(ann.get("iscrowd", 0))}
+    extra = ann.keys() - _PLAIN_BOX_KEYS
+    if extra.isdisjoint(_GEOMETRY_KEYS):  # the common case (WIDER: 40k faces per file): a box
+        coco["area"] = bbox[2] * bbox[3]
+        for key in extra:
+            value = ann[key]
+            if key not in coco and isinstance(value, _EXTRA_TYPES):
+                coco[key] = value
+        return coco
     segm = ann.get("segmentation")
-    area = _segmentation_area(segm) if segm else None
-    coco["area"] = area if area is not None else bbox[2] * bbox[3]
     if segm:
+        area = _segmentation_area(segm)
+        coco["area"] = area if area is not None else bbox[2] * bbox[3]
         coco["segmentation"] = _json_segmentation(segm)
+    else:
+        coco["area"] = bbox[2] * bbox[3]
     if ann.get("keypoints") is not None:
         kp = [float(v) for v in ann["keypoints"]]
         # Detectron2 adds 0.5 to COCO keypoint x/y when loading; undo it here.
         kp = [v - 0.5 if i % 3 != 2 else int(v) for i, v in enumerate(kp)]
         coco["keypoints"] = kp
         coco["num_keypoints"] = sum(1 for v in kp[2::3] if v > 0)
-    for key, value in ann.items():
-        if key not in _STANDARD_ANN_KEYS and key not in coco and isinstance(value, _EXTRA_TYPES):
+    for key in extra - _STANDARD_ANN_KEYS:
+        value = ann[key]
+        if key not in coco and isinstance(value, _EXTRA_TYPES):
             coco[key] = value
     return coco
+
+
+_PLAIN_BOX_KEYS = {"bbox", "bbox_mode", "category_id", "iscrowd"}
+_GEOMETRY_KEYS = {"segmentation", "keypoints"}
+
+
+def _dump_annotations(coco_anns: List[dict], file_name, fmt: str) -> bytes:
+    """JSON of a list of COCO annotations. An extra field JSON cannot hold (a type it does not
+    know) is left out; a non-finite number anywhere is an error naming the image (values are
+    checked where they enter, so this only catches a converter bug)."""
+    try:
+        return dumps_json(coco_anns)
+    except TypeError:
+        cleaned = []
+        for a in coco_anns:
+            keep = {}
+            for k, v in a.items():
+                try:
+                    dumps_json(v)
+                except TypeError:
+                    if k in _STANDARD_ANN_KEYS or k in ("id", "image_id", "area"):
+                        raise
+                    continue
+                keep[k] = v
+            cleaned.append(keep)
+        return _dump_annotations(cleaned, file_name, fmt)
+    except ValueError as e:
+        raise ConversionError(file_name, None, f"annotation with a non-finite number: {e}", fmt=fmt) from None
+
+
+def coco_image_root(json_path, image_root) -> str:
+    """The ``"d2ext": {"image_root": ...}`` value a COCO file at ``json_path`` records for
+    ``image_root``: relative to the JSON's folder when the images lie under it or under its
+    parent (``ds/train.json`` + ``ds/images``, or COCO's ``ds/annotations/`` + ``ds/train2017/``:
+    the dataset folder can be moved or copied whole), absolute otherwise (a JSON written
+    elsewhere can be moved alone)."""
+    json_dir = os.path.dirname(os.path.abspath(os.fspath(json_path)))
+    root = os.path.abspath(os.fspath(image_root))
+    for base in (json_dir, os.path.dirname(json_dir)):
+        if base != os.path.dirname(base) and (root == base or root.startswith(base.rstrip(os.sep) + os.sep)):
+            return os.path.relpath(root, json_dir).replace(os.sep, "/")
+    return root.replace(os.sep, "/")
+
+
+_CHUNK = 256  # images per encoder call in export_coco_json (memory: one chunk of dicts)
 
 
 def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path, *,
                      image_root=None, info: Optional[dict] = None,
                      keypoint_names: Optional[Sequence[str]] = None,
                      skeleton: Optional[Sequence[Sequence[int]]] = None,
-                     fmt: str = "common") -> Dict[str, int]:
+                     fmt: str = "common", batch: Optional[OutputBatch] = None,
+                     require_sizes: bool = True) -> Dict[str, int]:
     """Stream Detectron2 records into a COCO JSON file (written atomically).
 
     Categories are 1-based (``id = category_id + 1``). Image ids are the records' ``image_id``
-    when they are ints, else 1, 2, ... in order. Annotation ids are 1, 2, .... Each image needs
-    ``height`` and ``width``. ``skeleton`` (for keypoints) is 1-based, as in COCO.
+    when they are ints, else 1, 2, ... in order. Annotation ids are 1, 2, .... ``skeleton``
+    (for keypoints) is 1-based, as in COCO.
+
+    ``image_root``: image ``file_name`` s are written relative to it and the file records it in
+    a top-level ``"d2ext": {"image_root": ...}`` entry (see :func:`coco_image_root`), so the
+    file finds its images wherever it is kept; a reader joins ``image_root`` (relative to the
+    JSON's folder unless absolute) and ``file_name``.
+
+    ``require_sizes``: each image needs ``height`` and ``width`` (COCO requires them). With
+    False, images without them are written without the two keys and ``"d2ext"`` gets
+    ``"image_sizes": false`` (Detectron2's ``load_coco_json`` needs sizes; d2ext's loaders
+    tolerate their absence).
+
+    ``batch``: write into this :class:`d2ext.core.OutputBatch` (committed with the run's other
+    outputs) instead of replacing ``path`` at once. JSON is encoded with orjson when installed.
     """
     categories = []
     for i, name in enumerate(thing_classes):
@@ -431,16 +687,48 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
         categories.append(cat)
     head = {"info": info or {"description": "written by d2ext converters"}, "licenses": [],
             "categories": categories}
+    d2ext_key = {}
+    if image_root is not None:
+        d2ext_key["image_root"] = coco_image_root(path, image_root)
     num_images = num_anns = 0
+    missing_sizes = 0
     seen_ids = set()
     root = os.path.abspath(image_root) if image_root is not None else None
-    with atomic_open(path, "w", encoding="utf-8") as out, \
-            tempfile.TemporaryFile("w+", encoding="utf-8") as spool:
-        out.write(_dumps(head)[:-1] + ',"images":[')
+    # records name their images root + relative path (as given, or absolute)
+    root_prefix = os.path.join(os.fspath(image_root), "") if image_root is not None else None
+    opened = open(batch.path(path), "wb") if batch is not None else atomic_open(path, "wb")
+    # Images and annotations are encoded in chunks of _CHUNK images: few encoder calls, and
+    # memory bounded by one chunk (annotations are spooled to a temp file meanwhile).
+    images_chunk: List[dict] = []
+    anns_chunk: List[Tuple[str, List[dict]]] = []
+    written = {"images": False, "annotations": False}
+
+    def flush(out, spool):
+        if images_chunk:
+            out.write((b"," if written["images"] else b"") + dumps_json(images_chunk)[1:-1])
+            written["images"] = True
+        flat = [a for _, anns in anns_chunk for a in anns]
+        if flat:
+            try:
+                text = dumps_json(flat)
+            except (TypeError, ValueError):  # find the image, drop unknown extra types
+                text = b"[" + b",".join(_dump_annotations(anns, name, fmt)[1:-1]
+                                        for name, anns in anns_chunk if anns) + b"]"
+            spool.write((b"," if written["annotations"] else b"") + text[1:-1])
+            written["annotations"] = True
+        images_chunk.clear()
+        anns_chunk.clear()
+
+    with opened as out, tempfile.TemporaryFile("w+b") as spool:
+        out.write(dumps_json(head)[:-1] + b',"images":[')
         for index, rec in enumerate(records, 1):
-            if "height" not in rec or "width" not in rec:
-                raise ConversionError(rec.get("file_name", "?"), None,
-                                      "image size unknown: COCO export needs height and width", fmt=fmt)
+            has_size = "height" in rec and "width" in rec
+            if not has_size:
+                if require_sizes:
+                    raise ConversionError(rec.get("file_name", "?"), None,
+                                          "image size unknown: COCO export needs height and width",
+                                          fmt=fmt)
+                missing_sizes += 1
             image_id = rec.get("image_id")
             if not isinstance(image_id, int) or isinstance(image_id, bool):
                 image_id = index
@@ -449,27 +737,38 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
             seen_ids.add(image_id)
             file_name = rec["file_name"]
             if root is not None:
-                file_name = os.path.relpath(os.path.abspath(file_name), root)
-            img = {"id": image_id, "file_name": file_name.replace(os.sep, "/"),
-                   "height": int(rec["height"]), "width": int(rec["width"])}
-            out.write(("," if num_images else "") + _dumps(img))
+                if file_name.startswith(root_prefix):  # the common case, without relpath's cost
+                    file_name = os.path.normpath(file_name[len(root_prefix):])
+                else:
+                    file_name = os.path.relpath(os.path.abspath(file_name), root)
+            img = {"id": image_id, "file_name": file_name.replace(os.sep, "/")}
+            if has_size:
+                img["height"] = int(rec["height"])
+                img["width"] = int(rec["width"])
+            images_chunk.append(img)
             num_images += 1
-            coco_anns = []
-            for ann in rec.get("annotations", ()):
-                num_anns += 1
-                coco_anns.append(_coco_annotation(ann, num_anns, image_id))
-            if coco_anns:
-                try:
-                    text = _dumps(coco_anns)
-                except (TypeError, ValueError):  # an extra field JSON cannot hold: leave it out
-                    coco_anns = [{k: v for k, v in a.items() if _jsonable(v)} for a in coco_anns]
-                    text = _dumps(coco_anns)
-                spool.write(("," if num_anns > len(coco_anns) else "") + text[1:-1])
-        out.write('],"annotations":[')
+            anns = rec.get("annotations", ())
+            if anns:
+                coco_anns = [_coco_annotation(ann, num_anns + k, image_id)
+                             for k, ann in enumerate(anns, 1)]
+                num_anns += len(coco_anns)
+                anns_chunk.append((rec["file_name"], coco_anns))
+            if len(images_chunk) >= _CHUNK:
+                flush(out, spool)
+        flush(out, spool)
+        out.write(b'],"annotations":[')
         spool.seek(0)
         shutil.copyfileobj(spool, out)
-        out.write("]}")
-    return {"num_images": num_images, "num_annotations": num_anns}
+        out.write(b"]")
+        if missing_sizes:
+            d2ext_key["image_sizes"] = False
+        if d2ext_key:
+            out.write(b',"d2ext":' + dumps_json(d2ext_key))
+        out.write(b"}")
+    counts = {"num_images": num_images, "num_annotations": num_anns}
+    if missing_sizes:
+        counts["num_images_without_size"] = missing_sizes
+    return counts
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,13 +33,15 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 import random
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from .common import ConversionError, ConversionReport, atomic_write_json, progress, read_image_size
+from .common import (ConversionError, ConversionReport, atomic_write_json, bad_number, bad_numbers,
+                     progress, read_image_size)
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +301,7 @@ def group_stratified_split(records, ratios=DEFAULT_SPLIT_RATIOS, seed=0):
     return splits
 
 
-def load_keypoint_results(path):
+def load_keypoint_results(path, report=None):
     """Read a COCO-format keypoint results file into ``{file key: [person, ...]}``.
 
     Accepted layouts (each person is ``{"keypoints": [x, y, v] * 17, "score": s, "bbox": [x, y,
@@ -309,7 +311,10 @@ def load_keypoint_results(path):
     * a COCO dataset / results dict with ``images`` (id -> ``file_name``) and ``annotations``;
     * a dict ``{file_name: [person, ...]}``.
 
-    A person whose ``keypoints`` is not 51 numbers is an error naming the file and entry.
+    A person whose ``keypoints`` is not 51 numbers, or whose ``score`` / ``bbox`` is not
+    numeric, is an error naming the file and entry. A person with a number that is not finite
+    or out of range (NaN, Infinity, 1e300) is skipped and reported in ``report`` (an error when
+    no report is given).
     """
     path = str(path)
     try:
@@ -319,6 +324,14 @@ def load_keypoint_results(path):
         raise _error(path, e.lineno, f"invalid JSON: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise _error(path, None, f"not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise _error(path, None, f"cannot read: {e.strerror}") from None
+
+    def bad_value(where, why):
+        if report is None:
+            raise _error(path, None, f"{where}: {why}")
+        report.skip(path, None, f"{where}: {why}; person skipped")
+        return None
 
     def person(entry, where):
         if not isinstance(entry, dict) or "keypoints" not in entry:
@@ -330,14 +343,31 @@ def load_keypoint_results(path):
                 path, None,
                 f"{where}: expected {3 * NUM_COCO_KEYPOINTS} keypoint numbers (x, y, v) * 17, got {n}",
             )
-        try:
-            out = {"keypoints": [float(v) for v in kps]}
-        except (TypeError, ValueError):
-            raise _error(path, None, f"{where}: keypoints must be numbers") from None
+        if any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for v in kps):
+            raise _error(path, None, f"{where}: keypoints must be numbers")
+        for i, v in enumerate(kps):
+            # x and y are coordinates (finite, in range); the third value is a visibility flag or
+            # an unbounded model score (Detectron2 writes raw heatmap logits): finite is enough.
+            why = bad_number(v) if i % 3 != 2 else (None if math.isfinite(v) else f"{v!r} is not finite")
+            if why is not None:
+                return bad_value(where, f"keypoint value #{i} {why}")
+        out = {"keypoints": [float(v) for v in kps]}
         if "score" in entry:
-            out["score"] = float(entry["score"])
+            score = entry["score"]
+            if isinstance(score, (str, bool)) or not isinstance(score, (int, float)):
+                raise _error(path, None, f"{where}: score {score!r} is not a number")
+            if not math.isfinite(score):  # a model score: any finite value
+                return bad_value(where, f"score {score!r} is not finite")
+            out["score"] = float(score)
         if "bbox" in entry:
-            out["bbox"] = [float(v) for v in entry["bbox"]]
+            bbox = entry["bbox"]
+            if not isinstance(bbox, list) or len(bbox) != 4 or \
+                    any(isinstance(v, (str, bool)) or not isinstance(v, (int, float)) for v in bbox):
+                raise _error(path, None, f"{where}: bbox must be 4 numbers, got {bbox!r}"[:200])
+            why = bad_numbers(bbox, ("x", "y", "width", "height"))
+            if why is not None:
+                return bad_value(where, f"bbox {why}")
+            out["bbox"] = [float(v) for v in bbox]
         return out
 
     result = defaultdict(list)
@@ -353,17 +383,22 @@ def load_keypoint_results(path):
             if fname is None:
                 raise _error(path, None,
                              f"annotations[{i}]: image_id {ann.get('image_id')!r} is not in 'images'")
-            result[fname].append(person(ann, f"annotations[{i}]"))
+            p = person(ann, f"annotations[{i}]")
+            if p is not None:
+                result[fname].append(p)
     elif isinstance(data, list):
         for i, entry in enumerate(data):
             if not isinstance(entry, dict) or "file_name" not in entry:
                 raise _error(path, None, f"entry {i}: expected 'file_name' (results keyed by file name)")
-            result[entry["file_name"]].append(person(entry, f"entry {i}"))
+            p = person(entry, f"entry {i}")
+            if p is not None:
+                result[entry["file_name"]].append(p)
     elif isinstance(data, dict):
         for fname, persons in data.items():
             if not isinstance(persons, list):
                 raise _error(path, None, f"{fname!r}: expected a list of persons")
-            result[fname] = [person(p, f"{fname!r}[{j}]") for j, p in enumerate(persons)]
+            result[fname] = [q for q in (person(p, f"{fname!r}[{j}]") for j, p in enumerate(persons))
+                             if q is not None]
     else:
         raise _error(path, None, "expected a list of results or an object")
     return dict(result)
@@ -415,7 +450,7 @@ def convert_cricket(root, *, seed=0, ratios=DEFAULT_SPLIT_RATIOS, group_key=None
         root, group_key=group_key, verify_images=verify_images, report=report, progress_bar=progress_bar
     )
     if keypoints_file is not None:
-        attach_keypoints(records, load_keypoint_results(keypoints_file), root=root, report=report,
+        attach_keypoints(records, load_keypoint_results(keypoints_file, report), root=root, report=report,
                          source=str(keypoints_file))
     splits = group_stratified_split(records, ratios=ratios, seed=seed)
     logger.info(
@@ -426,9 +461,13 @@ def convert_cricket(root, *, seed=0, ratios=DEFAULT_SPLIT_RATIOS, group_key=None
     return {"classes": classes, "splits": splits}
 
 
-def write_cricket_json(result, path):
-    """Write ``convert_cricket``'s result atomically as ``{"classes": [...], "splits": {...}}``."""
-    atomic_write_json(path, result, indent=1)
+def write_cricket_json(result, path, batch=None):
+    """Write ``convert_cricket``'s result atomically as ``{"classes": [...], "splits": {...}}``
+    (into ``batch``, a :class:`d2ext.core.OutputBatch`, when given)."""
+    if batch is not None:
+        batch.write_json(path, result, indent=1)
+    else:
+        atomic_write_json(path, result, indent=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -495,7 +534,7 @@ def add_subcommand(subparsers):
         description="Read root/<class folder>/<images> into {'classes', 'splits': {train, val, test}}.",
     )
     p.add_argument("--root", required=True, help="folder with one sub-folder per shot class")
-    p.add_argument("--out", required=True, help="output JSON (classes + splits)")
+    p.add_argument("--output", "--out", dest="out", required=True, help="output JSON (classes + splits)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--ratios", type=float, nargs=3, default=list(DEFAULT_SPLIT_RATIOS),
                    metavar=("TRAIN", "VAL", "TEST"), help="split ratios (default 0.7 0.15 0.15)")
@@ -508,14 +547,14 @@ def add_subcommand(subparsers):
     return p
 
 
-def _run_cli(args, report):
+def _run_cli(args, report, batch=None):
     report.sources.extend([str(args.root)] + ([str(args.keypoints)] if args.keypoints else []))
     result = convert_cricket(args.root, seed=args.seed, ratios=args.ratios, group_key=args.group_regex,
                              keypoints_file=args.keypoints, verify_images=args.verify_images, report=report,
                              progress_bar=getattr(args, "progress", False))
     report.note("classes", result["classes"])
     report.note("split_sizes", {k: len(v) for k, v in result["splits"].items()})
-    write_cricket_json(result, args.out)
+    write_cricket_json(result, args.out, batch)
     return {"out": args.out, **report.notes["split_sizes"]}
 
 

@@ -18,7 +18,7 @@ must equal the mask's (sizes vary between datasets of this kind; nothing assumes
 
 A record::
 
-    {"file_name": ".../001.bmp", "height": 300, "width": 300, "image_id": 0,
+    {"file_name": ".../001.bmp", "height": 300, "width": 300, "image_id": 1,
      "sem_seg_file_name": "<out>/001.png", "mask_file_name": ".../001.png", "sample_id": "001",
      "cell_type": 2, "cell_type_name": "lymphocyte"}
 
@@ -36,6 +36,8 @@ import random
 from pathlib import Path
 
 import numpy as np
+
+from d2ext.core import atomic_dir, check_outputs
 
 from .common import (
     BOX_MODE_XYXY_ABS,
@@ -77,6 +79,16 @@ __all__ = [
 
 FMT = "wbc_seg"
 MODES = ("binary", "three_class")
+#: Other spellings of a mode (the dataset and config names say "3class").
+MODE_ALIASES = {"3class": "three_class", "three-class": "three_class"}
+
+
+def canonical_mode(mode):
+    """``"3class"`` -> ``"three_class"``; a mode of :data:`MODES` as is; anything else: ValueError."""
+    mode = MODE_ALIASES.get(mode, mode)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES + tuple(MODE_ALIASES)}, got {mode!r}")
+    return mode
 STUFF_CLASSES = {"binary": ["background", "wbc"], "three_class": ["background", "cytoplasm", "nucleus"]}
 STUFF_COLORS = {"binary": [[0, 0, 0], [255, 255, 255]],
                 "three_class": [[0, 0, 0], [128, 128, 128], [255, 255, 255]]}
@@ -276,26 +288,83 @@ def _select_split(samples, split, seed, train_fraction):
 # masks and labels
 # --------------------------------------------------------------------------------------------
 def load_mask(path, report=None):
-    """The mask as a 2-D ``uint8`` array ``(H, W)``. Grey (``L``) masks are used as is; a colour
-    mask whose channels are equal is read from one channel; anything else is converted to grey
-    (reported as a repair)."""
+    """The mask as a 2-D ``uint8`` array ``(H, W)`` of grey levels, read **by value** whatever
+    the PNG mode, or a :class:`ConversionError` saying why it cannot be:
+
+    - ``L`` (8-bit grey), ``LA`` (its grey channel) and ``1`` (1-bit: 0 / 255) as they are;
+    - ``RGB`` / ``RGBA`` whose three channels are equal: one channel; a colour mask (channels
+      differ) has no grey level: error;
+    - ``P`` (palette): each pixel's palette colour, which must be grey (error otherwise: the
+      indices say nothing about the levels);
+    - 16/32-bit integer (``I;16``, ``I``) and float (``F``): values up to 255 as they are;
+      values that are all multiples of 257 (0 / 32896 / 65535, the 8-bit levels stretched to
+      16 bits) divided by 257, reported as a repair; anything else: error.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
             mode = img.mode
-            arr = np.asarray(img)
-            if mode == "L":
-                return np.ascontiguousarray(arr, dtype=np.uint8)
-            if mode in ("RGB", "RGBA") and arr.ndim == 3 and (arr[..., 0] == arr[..., 1]).all() \
-                    and (arr[..., 1] == arr[..., 2]).all():
-                return np.ascontiguousarray(arr[..., 0], dtype=np.uint8)
-            gray = np.asarray(img.convert("L"), dtype=np.uint8)
+            if mode in ("P", "PA"):
+                grey = _palette_grey(img, path)
+            else:
+                arr = np.asarray(img)
     except (OSError, ValueError, SyntaxError) as e:
         raise _error(path, None, f"mask cannot be decoded ({e})") from None
-    if report is not None:
-        report.repair(path, None, f"mask mode {mode} converted to 8-bit grey")
-    return gray
+    if mode in ("P", "PA"):
+        return grey
+    if mode == "L":
+        return np.ascontiguousarray(arr, dtype=np.uint8)
+    if mode == "1":
+        return np.where(arr, 255, 0).astype(np.uint8)
+    if mode == "LA":
+        return np.ascontiguousarray(arr[..., 0], dtype=np.uint8)
+    if mode in ("RGB", "RGBA"):
+        same = (arr[..., 0] == arr[..., 1]) & (arr[..., 1] == arr[..., 2])
+        if not same.all():
+            y, x = (int(v) for v in np.argwhere(~same)[0])
+            raise _error(path, None, f"colour mask (mode {mode}): pixel (row {y}, col {x}) is "
+                         f"{tuple(int(v) for v in arr[y, x, :3])}; expected grey levels 0/128/255")
+        return np.ascontiguousarray(arr[..., 0], dtype=np.uint8)
+    if mode.startswith("I") or mode == "F":
+        values = arr.astype(np.float64)
+        if not np.isfinite(values).all() or (values < 0).any() or (values != np.round(values)).any():
+            raise _error(path, None, f"mask mode {mode}: values must be non-negative integers")
+        top = int(values.max()) if values.size else 0
+        if top <= 255:
+            return values.astype(np.uint8)
+        ints = values.astype(np.int64)
+        if (ints % 257 == 0).all() and top <= 65535:
+            if report is not None:
+                levels = sorted(set(np.unique(ints).tolist()))[:8]
+                report.repair(path, None, f"mask mode {mode}: 16-bit levels {levels} read as 8-bit "
+                                          f"levels {[v // 257 for v in levels]} (value / 257)")
+            return (ints // 257).astype(np.uint8)
+        odd = sorted(set(np.unique(ints[ints > 255]).tolist()))[:5]
+        raise _error(path, None, f"mask mode {mode}: values {odd} are above 255 and not 8-bit levels "
+                     "x 257; save the mask as 8-bit grey (0/128/255)")
+    raise _error(path, None, f"mask mode {mode} is not a grey-level mask; save it as 8-bit grey "
+                 "(0/128/255)")
+
+
+def _palette_grey(img, path):
+    """Grey levels of a palette image by its colours (all used colours must be grey)."""
+    idx = np.asarray(img)
+    if idx.ndim == 3:  # PA: index + alpha
+        idx = idx[..., 0]
+    palette = np.asarray(img.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(idx)
+    if used.size and int(used.max()) >= len(palette):
+        raise _error(path, None, f"palette mask: index {int(used.max())} has no palette colour")
+    colours = palette[used]
+    grey = (colours[:, 0] == colours[:, 1]) & (colours[:, 1] == colours[:, 2])
+    if not grey.all():
+        bad = [(int(i), tuple(int(c) for c in col)) for i, col in zip(used[~grey], colours[~grey])][:3]
+        raise _error(path, None, f"palette mask with colours that are not grey (index, RGB) {bad}: "
+                     "the class of a colour is unknown; save the mask as 8-bit grey (0/128/255)")
+    lut = np.zeros(256, np.uint8)
+    lut[used] = colours[:, 0]
+    return lut[idx]
 
 
 def count_stray_pixels(mask):
@@ -310,8 +379,7 @@ def mask_to_labels(mask, mode, threshold=0, stray="snap"):
     (0, 128, 255), ties to the lower. With ``stray="ignore"``, pixels off the three levels get
     :data:`IGNORE_LABEL` instead (evaluation and the loss skip them).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = canonical_mode(mode)
     if stray not in ("snap", "ignore"):
         raise ValueError(f"stray must be 'snap' or 'ignore', got {stray!r}")
     mask = np.asarray(mask)
@@ -366,18 +434,22 @@ def _attach_cell_type(record, sample, cell_types):
 
 def load_wbc_seg(root, mode, out_dir, *, split="all", seed=0, train_fraction=DEFAULT_TRAIN_FRACTION,
                  mask_root=None, csv_file=None, threshold=0, stray="snap", report=None, progress_bar=False,
-                 cell_types=CELL_TYPES):
+                 cell_types=CELL_TYPES, write_dir=None):
     """Semantic-segmentation records; writes the label PNGs ``out_dir/<stem>.png`` on the way.
 
     ``split``: "train" / "test" (see :func:`split_wbc`) or "all". ``image_id`` is the sample's
-    position among all valid samples, so it is the same in every split and mode.
+    position (from 1) among all valid samples, so it is the same in every split and mode.
+    ``out_dir`` must not be, hold or lie inside an input folder (``UnsafeOutputError``).
+    ``write_dir``: write the PNGs there instead (a folder that will become ``out_dir``, see
+    :func:`convert_wbc_seg`); the records still name ``out_dir``.
     """
     report = report if report is not None else ConversionReport(FMT)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = canonical_mode(mode)
+    check_outputs([root, mask_root, csv_file], [out_dir], "converters.wbc_seg")
     out_dir = Path(out_dir).resolve()
+    write_to = out_dir if write_dir is None else Path(write_dir)
     samples = scan_wbc(root, mask_root, csv_file, report, cell_types)
-    ids = {s["sample_id"]: i for i, s in enumerate(samples)}
+    ids = {s["sample_id"]: i for i, s in enumerate(samples, 1)}
     records = []
     written = stray_masks = 0
     for s in progress(_select_split(samples, split, seed, train_fraction), progress_bar,
@@ -393,7 +465,7 @@ def load_wbc_seg(root, mode, out_dir, *, split="all", seed=0, train_fraction=DEF
             continue
         stray_masks += bool(_report_stray(report, s["mask"], mask, stray))
         label_file = out_dir / f"{s['sample_id']}.png"
-        written += _write_label_png(label_file, mask_to_labels(mask, mode, threshold, stray))
+        written += _write_label_png(write_to / label_file.name, mask_to_labels(mask, mode, threshold, stray))
         rec = make_record(s["image"], ids[s["sample_id"]], height=s["height"], width=s["width"],
                           sem_seg_file_name=str(label_file), mask_file_name=s["mask"],
                           sample_id=s["sample_id"])
@@ -446,7 +518,7 @@ def load_wbc_instances(root, *, split="all", seed=0, train_fraction=DEFAULT_TRAI
     """
     report = report if report is not None else ConversionReport(FMT)
     samples = scan_wbc(root, mask_root, csv_file, report, cell_types)
-    ids = {s["sample_id"]: i for i, s in enumerate(samples)}
+    ids = {s["sample_id"]: i for i, s in enumerate(samples, 1)}
     records = []
     for s in progress(_select_split(samples, split, seed, train_fraction), progress_bar,
                       desc="wbc instances", unit="mask"):
@@ -479,15 +551,33 @@ def load_wbc_instances(root, *, split="all", seed=0, train_fraction=DEFAULT_TRAI
 
 def convert_wbc_seg(root, mode, out_dir, *, mask_root=None, csv_file=None, seed=0,
                     train_fraction=DEFAULT_TRAIN_FRACTION, threshold=0, stray="snap", report=None,
-                    progress_bar=False):
+                    progress_bar=False, batch=None):
     """Write label PNGs and ``out_dir/dataset.json``; returns the dataset dict written::
 
         {"mode", "stuff_classes", "ignore_label", "seed", "splits": {"train": [ids], "test": [ids]},
          "records": [...]}
+
+    The folder is built aside and swapped in whole (:func:`d2ext.core.atomic_dir`, or
+    ``batch.dir`` of an :class:`d2ext.core.OutputBatch` to commit it with other outputs): an
+    interrupted run leaves an earlier ``out_dir`` exactly as it was, never a mix of two runs.
+    ``out_dir`` must not be, hold or lie inside an input (``UnsafeOutputError``).
     """
     report = report if report is not None else ConversionReport(FMT)
+    mode = canonical_mode(mode)
+    check_outputs([root, mask_root, csv_file], [out_dir], "converters.wbc_seg")
+    if batch is not None:
+        return _convert_into(batch.dir(out_dir), root, mode, out_dir, mask_root, csv_file, seed,
+                             train_fraction, threshold, stray, report, progress_bar)
+    with atomic_dir(out_dir) as tmp:
+        return _convert_into(tmp, root, mode, out_dir, mask_root, csv_file, seed, train_fraction,
+                             threshold, stray, report, progress_bar)
+
+
+def _convert_into(write_dir, root, mode, out_dir, mask_root, csv_file, seed, train_fraction,
+                  threshold, stray, report, progress_bar):
     records = load_wbc_seg(root, mode, out_dir, split="all", mask_root=mask_root, csv_file=csv_file,
-                           threshold=threshold, stray=stray, report=report, progress_bar=progress_bar)
+                           threshold=threshold, stray=stray, report=report, progress_bar=progress_bar,
+                           write_dir=write_dir)
     dataset = {
         "mode": mode,
         "stuff_classes": STUFF_CLASSES[mode],
@@ -497,7 +587,7 @@ def convert_wbc_seg(root, mode, out_dir, *, mask_root=None, csv_file=None, seed=
         "splits": split_wbc([r["sample_id"] for r in records], seed, train_fraction),
         "records": records,
     }
-    atomic_write_json(Path(out_dir) / "dataset.json", dataset, indent=1)
+    atomic_write_json(Path(write_dir) / "dataset.json", dataset, indent=1)
     return dataset
 
 
@@ -526,8 +616,7 @@ def register_wbc_seg(name, root, mode, split, out_dir, seed=0, train_fraction=DE
     """
     from .common import register_dataset
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = canonical_mode(mode)
     register_dataset(
         name, load_wbc_seg,
         metadata={"stuff_classes": STUFF_CLASSES[mode], "stuff_colors": STUFF_COLORS[mode],
@@ -568,9 +657,11 @@ def add_subcommand(subparsers):
     )
     p.add_argument("--root", required=True, help="folder with the images (and the masks unless --masks)")
     p.add_argument("--masks", default=None, help="folder with the NNN.png masks (default: --root)")
-    p.add_argument("--mode", required=True, choices=MODES, help="binary: cell vs background; "
-                   "three_class: background / cytoplasm / nucleus")
-    p.add_argument("--out", required=True, help="output folder for label PNGs and dataset.json")
+    p.add_argument("--mode", required=True, choices=MODES + tuple(MODE_ALIASES),
+                   help="binary: cell vs background; three_class (or 3class): background / "
+                        "cytoplasm / nucleus")
+    p.add_argument("--output", "--out", dest="out", required=True,
+                   help="output folder for label PNGs and dataset.json (replaced whole)")
     p.add_argument("--csv", default=None, help="cell-type CSV ('image ID,class')")
     p.add_argument("--seed", type=int, default=0, help="train/test split seed (default 0)")
     p.add_argument("--train-fraction", type=float, default=DEFAULT_TRAIN_FRACTION, help="default 0.8")
@@ -583,11 +674,13 @@ def add_subcommand(subparsers):
     return p
 
 
-def _run_cli(args, report):
+def _run_cli(args, report, batch=None):
     report.sources.extend([str(args.root)] + [str(s) for s in (args.masks, args.csv) if s])
+    args.mode = canonical_mode(args.mode)
     dataset = convert_wbc_seg(args.root, args.mode, args.out, mask_root=args.masks, csv_file=args.csv,
                               seed=args.seed, train_fraction=args.train_fraction, threshold=args.threshold,
-                              stray=args.stray, report=report, progress_bar=getattr(args, "progress", False))
+                              stray=args.stray, report=report, progress_bar=getattr(args, "progress", False),
+                              batch=batch)
     report.note("mode", args.mode)
     report.note("split_sizes", {k: len(v) for k, v in dataset["splits"].items()})
     if args.instances_out:
@@ -598,7 +691,8 @@ def _run_cli(args, report):
         inst_report = ConversionReport(FMT, strict=report.strict)
         records = load_wbc_instances(args.root, mask_root=args.masks, csv_file=args.csv,
                                      threshold=args.threshold, report=inst_report)
-        counts = export_coco_json(records, THING_CLASSES, args.instances_out, fmt=FMT)
+        counts = export_coco_json(records, THING_CLASSES, args.instances_out, fmt=FMT,
+                                  image_root=args.root, batch=batch)
         report.note("instances", {"out": str(args.instances_out), **counts,
                                   "skipped": inst_report.skipped, "repaired": inst_report.repaired})
     return {"out": str(Path(args.out) / "dataset.json"), **report.notes["split_sizes"]}
@@ -606,6 +700,6 @@ def _run_cli(args, report):
 
 def _register_cli(args, name):
     """``--register NAME``: NAME_train and NAME_test (sem-seg, labels in ``--out``)."""
-    return [register_wbc_seg(f"{name}_{split}", args.root, args.mode, split, args.out, seed=args.seed,
+    return [register_wbc_seg(f"{name}_{split}", args.root, canonical_mode(args.mode), split, args.out, seed=args.seed,
                              train_fraction=args.train_fraction, mask_root=args.masks, csv_file=args.csv,
                              threshold=args.threshold, stray=args.stray) for split in ("train", "test")]

@@ -24,7 +24,12 @@ Decisions (all documented in the conversion report):
   the image are clipped (reported repair) and boxes fully outside are skipped (reported).
 - The record keeps the event folder in ``file_name`` (``<image_root>/0--Parade/...jpg``) and in
   ``record["event"]``; there is one class, ``face``.
-- Image ids are 1, 2, ... in file order. A repeated image path is an error.
+- Image ids are 1, 2, ... in file order. A repeated image path is an error. An image path that
+  is absolute or leaves the image folder (``..``, a symlink leading out) is reported and its
+  faces skipped (``--strict``: an error).
+- A box coordinate that is a number but not a finite integer (``nan``, ``10.5``, ``1e400``) or
+  beyond +-2**20 px is reported and the face skipped; a word where a number should be, or an
+  attribute that is not an integer in its range, is an error naming the line and the value.
 - Parsing streams (blocks of 1 MiB, one record at a time): memory does not grow with the number
   of faces, only by ~0.3 KiB per image entry (the set of paths for the duplicate check, reported
   skips). CRLF, BOM and trailing spaces are accepted; bad bytes, wrong counts, short rows and truncated files are errors that name the
@@ -36,10 +41,14 @@ skipped images), ``num_empty_images``, ``num_crowd_faces`` (invalid=1).
 """
 import logging
 import os
+import re
+from itertools import islice, repeat
 from typing import Iterator, List, Optional
 
-from .common import (BOX_MODE_XYWH_ABS, ConversionError, ConversionReport, check_box_xyxy,
-                     export_coco_json, iter_text_lines, make_record,
+from d2ext.core import check_outputs
+
+from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, ConversionError, ConversionReport,
+                     ImagePaths, check_box_xyxy, export_coco_json, iter_text_lines,
                      progress, read_image_size, register_dataset, require_dir)
 
 logger = logging.getLogger(__name__)
@@ -99,6 +108,7 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
     src = os.fspath(annotation_file)
     if read_sizes and image_root is not None and image_size is None:
         require_dir(image_root, "image folder", FORMAT)
+    paths = ImagePaths(image_root)
     lines = _Lines(src)
     face_lines = lines._it  # no look-ahead is pending while face rows are read
     seen_paths = {}
@@ -111,7 +121,7 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         if item is None:
             break
         path_line, rel = item
-        if _ints(rel) is not None:
+        if _NUMBER_ROW.fullmatch(rel) and _ints(rel) is not None:
             raise ConversionError(src, path_line, f"expected an image path, got a row of numbers "
                                   f"'{rel}' (is the previous face count too small?)", FORMAT)
         if rel in seen_paths:
@@ -124,20 +134,25 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                                   "expected a face count", FORMAT)
         count_line, count_text = item
         last_line = count_line
-        count = _ints(count_text)
-        if count is None or len(count) != 1 or count[0] < 0:
+        count = int(count_text) if count_text.isdigit() else _ints(count_text)  # isdigit: the fast path
+        if isinstance(count, list):
+            if len(count) != 1 or count[0] < 0:
+                raise ConversionError(src, count_line, f"expected a face count (one integer >= 0) "
+                                      f"for '{rel}', got '{count_text}'", FORMAT)
+            count = count[0]
+        elif count is None:
             raise ConversionError(src, count_line, f"expected a face count (one integer >= 0) for "
                                   f"'{rel}', got '{count_text}'", FORMAT)
-        count = count[0]
         stats["num_face_rows"] += count
         rows = []
-        for k in range(count):  # hot loop: read the face rows straight from the line stream
-            item = next(face_lines, None)
-            if item is None:
-                raise ConversionError(src, last_line, f"file ends after {k} of {count} faces "
+        if count:  # hot path: all face rows of the image at once, straight from the line stream
+            items = list(islice(face_lines, count))
+            if len(items) < count:
+                raise ConversionError(src, items[-1][0] if items else count_line,
+                                      f"file ends after {len(items)} of {count} faces "
                                       f"of '{rel}' (count on line {count_line})", FORMAT)
-            last_line = item[0]
-            rows.append(_parse_face(src, item, count_line, count))
+            last_line = items[-1][0]
+            rows = _parse_faces(src, items, count_line, count)
         lines.last_lineno = last_line
         if count == 0:
             # Train-file form of a face-less image: count 0 followed by one dummy row of zeros.
@@ -153,7 +168,12 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                         raise ConversionError(src, nxt[0], f"face count of '{rel}' is 0 (line "
                                               f"{count_line}) but a face row follows", FORMAT)
         event = os.path.dirname(rel) or None
-        file_name = os.path.join(image_root, rel) if image_root is not None else rel
+        file_name = paths.resolve(rel)
+        if file_name is None:
+            report.skip(src, path_line, f"image path '{rel}' is absolute or leaves the image folder",
+                        image=rel, faces=count)
+            stats["num_faces_skipped"] += count
+            continue
         height = width = None
         if image_size is not None:
             height, width = image_size
@@ -167,22 +187,27 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                 continue
         annotations = []
         first_seen = {}
-        if count == 1 and not any(rows[0][1]):
+        crowd = 0
+        if count == 1 and rows[0][1] is not None and not any(rows[0][1]):
             report.skip(src, rows[0][0], "placeholder row of a face-less image (count 1, all zeros)",
                         image=rel)
             stats["num_faces_skipped"] += 1
             rows = []
-        for lineno, vals in rows:
-            key = tuple(vals)
-            if key in first_seen:
-                report.skip(src, lineno, f"duplicate face row: same as line {first_seen[key]}",
+        max_x = width if width is not None else MAX_COORDINATE
+        max_y = height if height is not None else MAX_COORDINATE
+        for lineno, vals, bad in rows:  # hot loop: ~40k faces per file
+            if bad is not None:  # a coordinate that is not a finite integer: face skipped
+                report.skip(src, lineno, bad, image=rel)
+                stats["num_faces_skipped"] += 1
+                continue
+            if vals in first_seen:
+                report.skip(src, lineno, f"duplicate face row: same as line {first_seen[vals]}",
                             image=rel)
                 stats["num_faces_skipped"] += 1
                 continue
-            first_seen[key] = lineno
-            x, y, w, h = vals[:4]
-            if w > 0 and h > 0 and (width is None or (x >= 0 and y >= 0 and x + w <= width
-                                                      and y + h <= height)):
+            first_seen[vals] = lineno
+            x, y, w, h, blur, expression, illumination, invalid, occlusion, pose = vals
+            if w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= max_x and y + h <= max_y:
                 bbox = [x, y, w, h]  # the common case, kept as the file's ints
             else:
                 box = check_box_xyxy((x, y, x + w, y + h), width, height, report, src, lineno,
@@ -191,16 +216,23 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                     stats["num_faces_skipped"] += 1
                     continue
                 bbox = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
-            attributes = {"blur": vals[4], "expression": vals[5], "illumination": vals[6],
-                          "invalid": vals[7], "occlusion": vals[8], "pose": vals[9]}
-            # same keys as common.make_box_annotation, built inline (hot loop: ~40k faces per file)
+            # same keys as common.make_box_annotation, built inline
             annotations.append({"bbox": bbox, "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
-                                "iscrowd": attributes["invalid"], "attributes": attributes})
-            stats["num_crowd_faces"] += attributes["invalid"]
+                                "iscrowd": invalid, "attributes": {
+                                    "blur": blur, "expression": expression,
+                                    "illumination": illumination, "invalid": invalid,
+                                    "occlusion": occlusion, "pose": pose}})
+            crowd += invalid
+        stats["num_crowd_faces"] += crowd
         stats["num_faces_kept"] += len(annotations)
         stats["num_empty_images"] += not annotations
         image_id += 1
-        record = make_record(file_name, image_id, annotations, height, width, event=event)
+        # common.make_record's dict, built inline (it copies the annotation list)
+        record = {"file_name": file_name, "image_id": image_id}
+        if height is not None:
+            record["height"], record["width"] = int(height), int(width)
+        record["annotations"] = annotations
+        record["event"] = event
         report.add_image({"face": len(annotations)})
         if show_progress:
             next(bar)
@@ -211,12 +243,37 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         report.note(key, value)
 
 
+_FIELDS = ("x1", "y1", "w", "h") + ATTRIBUTE_NAMES
+
+
+# A row made only of integers (a path line that is one is an error: a face count too small).
+_NUMBER_ROW = re.compile(r"[-+\d\s]+")
+# One well-formed face row: 4 integers, then the attributes in their ranges (ATTRIBUTE_MAX).
+_FACE_ROW = re.compile(r"-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+[012][ \t]+[01][ \t]+[01][ \t]+"
+                       r"[01][ \t]+[012][ \t]+[01]")
+
+
+def _parse_faces(src, items, count_line, count):
+    """:func:`_parse_face` for all ``items`` (``(lineno, text)``) of one image: each row checked
+    by one regular expression (10 integers, attributes in range), one ``int`` map over all their
+    numbers and one range check (the val file has 40k faces); an image with any other row goes
+    through :func:`_parse_face` row by row for the exact message."""
+    texts = [text for _, text in items]
+    if all(map(_FACE_ROW.fullmatch, texts)):
+        flat = list(map(int, " ".join(texts).split()))
+        if max(flat) <= MAX_COORDINATE and min(flat) >= -MAX_COORDINATE:
+            return list(zip([lineno for lineno, _ in items], zip(*[iter(flat)] * 10), repeat(None)))
+    return [_parse_face(src, item, count_line, count) for item in items]
+
+
 def _parse_face(src, item, count_line, count):
+    """``(lineno, values, None)`` for a good face row, ``(lineno, None, reason)`` for a row whose
+    box coordinates are numbers but not finite integers (NaN, 10.5, 1e300: the face is skipped
+    and reported); anything else malformed is an error naming the line and what was found."""
     lineno, text = item
     vals = _ints(text)
     if vals is None:
-        raise ConversionError(src, lineno, f"expected 10 integers per face, got '{text}' (face count "
-                              f"on line {count_line} is {count}: too large?)", FORMAT)
+        return _diagnose_face(src, lineno, text, count_line, count)
     if len(vals) != 10:
         raise ConversionError(src, lineno, f"expected 10 integers per face, got {len(vals)}", FORMAT)
     attrs = vals[4:]
@@ -225,7 +282,39 @@ def _parse_face(src, item, count_line, count):
             if not 0 <= v <= ATTRIBUTE_MAX[name]:
                 raise ConversionError(src, lineno, f"attribute {name}={v} out of range "
                                       f"0..{ATTRIBUTE_MAX[name]}", FORMAT)
-    return lineno, vals
+    if max(vals[:4]) > MAX_COORDINATE or min(vals[:4]) < -MAX_COORDINATE:
+        big = next(f for f, v in zip(_FIELDS, vals) if abs(v) > MAX_COORDINATE)
+        return lineno, None, f"face {big} {vals[_FIELDS.index(big)]} out of range (|v| <= {MAX_COORDINATE:g})"
+    return lineno, tuple(vals), None
+
+
+def _diagnose_face(src, lineno, text, count_line, count):
+    """The slow path of :func:`_parse_face`: say what is wrong with a row that is not 10 ints."""
+    tokens = text.split()
+    numeric = []
+    for t in tokens:
+        try:
+            numeric.append(float(t))
+        except ValueError:
+            numeric.append(None)
+    if len(tokens) != 10 or all(v is None for v in numeric):
+        if all(v is None for v in numeric):  # a path or a word: the count promised more faces
+            raise ConversionError(src, lineno, f"expected 10 integers per face, got '{text}' (face "
+                                  f"count on line {count_line} is {count}: too large?)", FORMAT)
+        raise ConversionError(src, lineno, f"expected 10 integers per face, got {len(tokens)} "
+                              f"values '{text}'", FORMAT)
+    for field, t, v in zip(_FIELDS, tokens, numeric):
+        if v is None:
+            raise ConversionError(src, lineno, f"face {field}: expected an integer, got '{t}'", FORMAT)
+    for field, t, v in zip(_FIELDS[4:], tokens[4:], numeric[4:]):
+        if not (v.is_integer() if v == v and abs(v) != float("inf") else False):
+            raise ConversionError(src, lineno, f"attribute {field}: expected an integer, got '{t}'",
+                                  FORMAT)
+    bad = next(((f, t) for f, t, v in zip(_FIELDS[:4], tokens, numeric)
+                if not (v == v and abs(v) != float("inf") and v.is_integer())), None)
+    if bad is None:  # integer-valued numbers written as floats ("10.0", "1e3"): read as ints
+        return _parse_face(src, (lineno, " ".join(str(int(v)) for v in numeric)), count_line, count)
+    return lineno, None, f"face {bad[0]} '{bad[1]}' is not a finite integer"
 
 
 def load_widerface(annotation_file, image_root=None, read_sizes: bool = True,
@@ -238,16 +327,28 @@ def load_widerface(annotation_file, image_root=None, read_sizes: bool = True,
 
 
 def convert_widerface(annotation_file, image_root, out_json, *, report=None, image_size=None,
-                      show_progress: bool = False) -> ConversionReport:
+                      read_sizes: bool = True, show_progress: bool = False,
+                      batch=None) -> ConversionReport:
     """Stream a WIDER annotation file into a COCO JSON (``file_name`` keeps the event folder;
     annotations carry ``attributes``). Image sizes come from the image headers (or
-    ``image_size``, see :func:`iter_widerface`). Memory does not grow with the file."""
+    ``image_size``, see :func:`iter_widerface`). Memory does not grow with the file.
+
+    ``read_sizes=False`` (``--no-images``): no image is opened; the COCO images then have no
+    ``height``/``width`` and the file says ``"d2ext": {"image_sizes": false}`` (the report says
+    so too). ``batch``: an :class:`d2ext.core.OutputBatch` to write into."""
     report = report if report is not None else ConversionReport(FORMAT, sources=[annotation_file])
-    records = iter_widerface(annotation_file, image_root, report=report, read_sizes=True,
+    check_outputs([annotation_file, image_root], [out_json], "converters.widerface")
+    records = iter_widerface(annotation_file, image_root, report=report, read_sizes=read_sizes,
                              image_size=image_size, show_progress=show_progress)
-    export_coco_json(records, THING_CLASSES, out_json, image_root=image_root, fmt=FORMAT,
-                     info={"description": f"WIDER Face from {os.path.basename(str(annotation_file))}",
-                           "attribute_names": list(ATTRIBUTE_NAMES)})
+    counts = export_coco_json(records, THING_CLASSES, out_json, image_root=image_root, fmt=FORMAT,
+                              info={"description": f"WIDER Face from "
+                                                   f"{os.path.basename(str(annotation_file))}",
+                                    "attribute_names": list(ATTRIBUTE_NAMES)},
+                              batch=batch, require_sizes=read_sizes or image_size is not None)
+    if counts.get("num_images_without_size"):
+        report.note("image_sizes", f"not read (--no-images): the {counts['num_images_without_size']} "
+                                   "COCO images have no height/width; boxes were not checked "
+                                   "against the image borders")
     return report
 
 
@@ -269,16 +370,22 @@ def register_widerface(name: str, annotation_file, image_root=None, gt_dir=None,
 def add_subcommand(subparsers):
     p = subparsers.add_parser("widerface", help="WIDER Face bbx_gt.txt -> COCO JSON")
     p.add_argument("--annotations", required=True, help="wider_face_{train,val}_bbx_gt.txt")
-    p.add_argument("--images", required=True, help="WIDER_{train,val}/images (holds the event folders)")
-    p.add_argument("--out", required=True, help="COCO JSON to write")
+    p.add_argument("--images", help="WIDER_{train,val}/images (holds the event folders); "
+                                    "required unless --no-images")
+    p.add_argument("--output", "--out", dest="out", required=True, help="COCO JSON to write")
+    p.add_argument("--no-images", action="store_true",
+                   help="do not open the images: no height/width in the output (the report says so)")
     p.set_defaults(run=_run, register_fn=_register_cli, fmt=FORMAT)
 
 
-def _run(args, report):
+def _run(args, report, batch=None):
     report.sources.append(str(args.annotations))
+    if args.images is None and not args.no_images:
+        raise ConversionError(args.annotations, None, "--images is required to read image sizes "
+                              "(or pass --no-images to convert without them)", FORMAT)
     convert_widerface(args.annotations, args.images, args.out, report=report,
-                      show_progress=args.progress)
+                      read_sizes=not args.no_images, show_progress=args.progress, batch=batch)
 
 
 def _register_cli(args, name, report):
-    register_widerface(name, args.annotations, args.images)
+    register_widerface(name, args.annotations, args.images, read_sizes=not args.no_images)

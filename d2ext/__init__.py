@@ -20,8 +20,11 @@ def register_all() -> None:
     """Import every d2ext component package, so that each registers itself with Detectron2."""
     from . import data, modeling  # noqa: F401  (registration side effects)
     # d2ext.evaluation is lazy (its torch-free protocol modules must import without Detectron2):
-    # its evaluator modules are imported by name so that each registers its builder.
-    from .evaluation import build, classification, mask_sem_seg, segmentation, widerface  # noqa: F401
+    # its evaluator modules (best_box, classification, mask_sem_seg, segmentation, widerface) are
+    # imported by name, from the one list in d2ext.evaluation.build, so each registers its builder.
+    from .evaluation.build import register_evaluators
+
+    register_evaluators()
 
 
 def add_d2ext_config(cfg):

@@ -17,12 +17,15 @@ def add_d2ext_config(cfg: CN) -> CN:
     if "DATASET_MAPPER_NAME" in cfg.INPUT:  # already added: keep the user's values
         return cfg
     _add_data_config(cfg)
+    _add_augmentation_config(cfg)
+    _add_weights_config(cfg)
     _add_classification_config(cfg)
     _add_backbone_config(cfg)
     _add_detector_config(cfg)
     _add_segmentation_config(cfg)
     _add_pose_config(cfg)
     _add_evaluation_config(cfg)
+    _add_lineage_config(cfg)
     return cfg
 
 
@@ -30,6 +33,35 @@ def _add_data_config(cfg: CN) -> None:
     # Name in d2ext.data.DATASET_MAPPER_REGISTRY; "" = Detectron2's DatasetMapper (detection,
     # instances, keypoints, sem-seg). Classifier configs set "ClassificationDatasetMapper".
     cfg.INPUT.DATASET_MAPPER_NAME = ""
+
+
+def _add_augmentation_config(cfg: CN) -> None:
+    # Training augmentations of the mapper "AugmentedDatasetMapper" (d2ext/data/augmentations.py):
+    # names in AUGMENTATION_REGISTRY applied in order ([] = Detectron2's ResizeShortestEdge + flip).
+    # The WBC configs use scale_jitter, random_crop, flips, color_jitter, hue_shift, channel_gain,
+    # gaussian_blur (README, "WBC segmentation recipe").
+    cfg.INPUT.AUG = CN()
+    cfg.INPUT.AUG.TRAIN = []
+    # Every image (train and test) is resized by this factor of its own size (1.0 = native); a
+    # test image is never resized to a fixed side, so cells keep their training pixel size.
+    cfg.INPUT.AUG.BASE_SCALE = 1.0
+    # scale_jitter: extra factor, log-uniform in this range (cells 0.4x-3x their size)
+    cfg.INPUT.AUG.SCALE_RANGE = (0.4, 3.0)
+    # random_crop: (height, width) at BASE_SCALE 1 (multiplied by BASE_SCALE), clipped to the image
+    cfg.INPUT.AUG.CROP_SIZE = (320, 320)
+    cfg.INPUT.AUG.BRIGHTNESS = (0.7, 1.3)  # color_jitter: Detectron2 RandomBrightness range
+    cfg.INPUT.AUG.CONTRAST = (0.7, 1.3)  # color_jitter: RandomContrast range
+    cfg.INPUT.AUG.SATURATION = (0.5, 1.5)  # color_jitter: RandomSaturation range
+    cfg.INPUT.AUG.HUE_DELTA = 0.1  # hue_shift: uniform in +-this many turns (0.1 = 36 degrees)
+    cfg.INPUT.AUG.CHANNEL_GAIN = (0.8, 1.2)  # channel_gain: per-channel multiplier range
+    cfg.INPUT.AUG.BLUR_SIGMA = (0.5, 2.5)  # gaussian_blur: sigma range in pixels (at BASE_SCALE)
+    cfg.INPUT.AUG.BLUR_PROB = 0.3  # gaussian_blur: probability of blurring an image
+
+
+def _add_weights_config(cfg: CN) -> None:
+    # True: MODEL.WEIGHTS may fill under half of the model's parameters (a backbone-only
+    # initialisation); False: such a checkpoint is an error (d2ext.checkpoint.SafeCheckpointer).
+    cfg.MODEL.WEIGHTS_PARTIAL = False
 
 
 def _add_classification_config(cfg: CN) -> None:
@@ -162,6 +194,11 @@ def _add_detector_config(cfg: CN) -> None:
     cfg.MODEL.YOLO.IGNORE_THRESH = 0.5
     # Initial objectness probability (sets the prediction bias; keeps early negatives small).
     cfg.MODEL.YOLO.OBJECTNESS_PRIOR = 0.01
+    # Head (YOLO_HEAD_REGISTRY): "" = the meta-architecture's own (YOLOV3Head / YOLOV2Head /
+    # YOLOV1Head); "YOLOV3TinyHead" for Darknet's yolov3-tiny layout.
+    cfg.MODEL.YOLO.HEAD_NAME = ""
+    # Norm after each head conv ("BN" as Darknet); the head's own key, not the backbone's.
+    cfg.MODEL.YOLO.HEAD_NORM = "BN"
     # Inference: score (objectness x class) threshold, candidates kept before NMS, NMS IoU
     # (Darknet's 0.45); the number kept is TEST.DETECTIONS_PER_IMAGE.
     cfg.MODEL.YOLO.SCORE_THRESH_TEST = 0.01
@@ -273,6 +310,18 @@ def _add_pose_config(cfg: CN) -> None:
     cfg.MODEL.POSE_SHOT.HEAD.NUM_LAYERS = 2  # hidden layers of the MLP
     cfg.MODEL.POSE_SHOT.HEAD.HIDDEN_DIM = 128
     cfg.MODEL.POSE_SHOT.HEAD.DROPOUT = 0.1
+    # Mirror every pose to face one way before the features (left-handed batsmen mirror
+    # right-handers: a mirrored shot then gives the same features and class).
+    cfg.MODEL.POSE_SHOT.CANONICAL_HANDEDNESS = False
+    # FusedShotClassifier (META_ARCHITECTURE "FusedShotClassifier", mapper "FusedShotDatasetMapper"):
+    # pooled backbone features (MODEL.BACKBONE) + pose features -> FusedShotHead.
+    cfg.MODEL.POSE_SHOT.FUSION = CN()
+    cfg.MODEL.POSE_SHOT.FUSION.IN_FEATURE = "res5"  # backbone output, averaged over space
+    cfg.MODEL.POSE_SHOT.FUSION.HIDDEN_DIM = 128  # width of each branch and of the fused layer
+    cfg.MODEL.POSE_SHOT.FUSION.DROPOUT = 0.1
+    # training: share of present poses replaced by the learned "no pose" input, so that input is
+    # learned even when every training image has a person
+    cfg.MODEL.POSE_SHOT.FUSION.POSE_DROP_PROB = 0.1
 
 
 def _add_evaluation_config(cfg: CN) -> None:
@@ -281,3 +330,36 @@ def _add_evaluation_config(cfg: CN) -> None:
     cfg.TEST.COCO_USE_FAST_IMPL = False
     # Maximum number of images for which evaluators draw overlay PNGs (0 = none).
     cfg.TEST.NUM_VIS_IMAGES = 4
+
+
+def _add_lineage_config(cfg: CN) -> None:
+    # PatchDetector / RCNNClassic (the course's detection lineage, d2ext/modeling/meta_arch/
+    # patch_detector.py, rcnn_classic.py): crops of an image warped to CROP_SIZE, classified by
+    # MODEL.BACKBONE + a MODEL.CLASSIFIER head with NUM_CLASSES + 1 outputs (last = background).
+    cfg.MODEL.PATCH_DETECTOR = CN()
+    cfg.MODEL.PATCH_DETECTOR.NUM_CLASSES = 1
+    # Where the crops come from: "grid" (GRID x GRID cells), "anchors" (every ANCHOR_SIZES x
+    # ANCHOR_ASPECT_RATIOS box on an ANCHOR_STRIDE grid) or "proposals" (precomputed, e.g.
+    # selective search through MODEL.LOAD_PROPOSALS + DATASETS.PROPOSAL_FILES_*).
+    cfg.MODEL.PATCH_DETECTOR.PATCHES = "grid"
+    cfg.MODEL.PATCH_DETECTOR.GRID = 2
+    cfg.MODEL.PATCH_DETECTOR.ANCHOR_SIZES = [160, 224]  # sqrt(area), input pixels
+    cfg.MODEL.PATCH_DETECTOR.ANCHOR_ASPECT_RATIOS = [0.5, 1.0, 2.0]  # height / width
+    cfg.MODEL.PATCH_DETECTOR.ANCHOR_STRIDE = 96
+    cfg.MODEL.PATCH_DETECTOR.CROP_SIZE = 64  # warped crop side (R-CNN warps to 227, Girshick et al. 2014)
+    # Training labels: IoU >= IOU_THRESHOLD or an object's best crop (Matcher, low-quality matches).
+    cfg.MODEL.PATCH_DETECTOR.IOU_THRESHOLD = 0.5
+    # Crops per image and share of positives per training step (R-CNN fine-tuning: 32 of 128).
+    cfg.MODEL.PATCH_DETECTOR.BATCH_SIZE_PER_IMAGE = 16
+    cfg.MODEL.PATCH_DETECTOR.POSITIVE_FRACTION = 0.25
+    cfg.MODEL.PATCH_DETECTOR.PROPOSALS_PER_IMAGE = 300  # "proposals": the first N of each image
+    # Inference: boxes kept per image (1 = the course's "best patch is the box"), class-wise NMS.
+    cfg.MODEL.PATCH_DETECTOR.DETECTIONS_PER_IMAGE = 1
+    cfg.MODEL.PATCH_DETECTOR.NMS_THRESH = 0.3  # R-CNN's test-time NMS IoU
+    # RCNNClassic only: the SVM / box-regression stage (tools/train_rcnn_svm.py).
+    cfg.MODEL.RCNN_CLASSIC = CN()
+    cfg.MODEL.RCNN_CLASSIC.SVM_C = 0.001  # LinearSVC C (scikit-learn); features scaled to mean norm 20
+    cfg.MODEL.RCNN_CLASSIC.NEG_IOU = 0.3  # SVM negatives: proposals below this IoU (paper: 0.3)
+    cfg.MODEL.RCNN_CLASSIC.HARD_NEGATIVE_ROUNDS = 3  # retrain on violating negatives this often
+    cfg.MODEL.RCNN_CLASSIC.BBOX_REG_IOU = 0.6  # box-regression training pairs (paper: 0.6)
+    cfg.MODEL.RCNN_CLASSIC.BBOX_REG_LAMBDA = 1000.0  # ridge penalty (paper: 1000)

@@ -41,11 +41,10 @@ import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -66,7 +65,7 @@ DATA_GUIDE = "README.md, section 'Datasets: where to get them'"
 # --------------------------------------------------------------------------------------------
 def _temp_path(target: str, kind: str = "tmp") -> str:
     folder, base = os.path.split(target)
-    return os.path.join(folder, f".{base}.{kind}-{secrets.token_hex(4)}")
+    return os.path.join(folder, f".{base}.{kind}-{os.urandom(4).hex()}")
 
 
 def _open_new(tmp: str) -> int:

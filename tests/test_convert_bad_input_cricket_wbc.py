@@ -146,10 +146,11 @@ def _pair(folder, stem, mask=None, image_size=None):
 
 
 def test_wbc_size_mismatch_is_reported_with_both_sizes(tmp_path):
-    _pair(tmp_path, "001")
-    _pair(tmp_path, "002", image_size=(300, 300))
+    data = tmp_path / "d"  # outputs may not lie inside the input folder
+    _pair(data, "001")
+    _pair(data, "002", image_size=(300, 300))
     report = ConversionReport("wbc_seg")
-    recs = load_wbc_seg(tmp_path, "binary", tmp_path / "out", report=report)
+    recs = load_wbc_seg(data, "binary", tmp_path / "out", report=report)
     assert [r["sample_id"] for r in recs] == ["001"]
     [skip] = report.skipped
     assert skip["file"].endswith("002.png")
@@ -170,23 +171,25 @@ def test_wbc_missing_mask_and_orphan_mask(tmp_path):
 
 
 def test_wbc_unreadable_and_truncated_files(tmp_path):
-    _pair(tmp_path, "001")
-    _pair(tmp_path, "002")
-    (tmp_path / "002.bmp").write_bytes(b"BM\x00\x00")  # cut inside the header
-    _pair(tmp_path, "003", mask=np.random.default_rng(1).integers(0, 255, (40, 50), dtype=np.uint8))
-    data = (tmp_path / "003.png").read_bytes()
-    (tmp_path / "003.png").write_bytes(data[: len(data) // 2])  # header fine, pixel data cut
+    data = tmp_path / "d"  # outputs may not lie inside the input folder
+    _pair(data, "001")
+    _pair(data, "002")
+    (data / "002.bmp").write_bytes(b"BM\x00\x00")  # cut inside the header
+    _pair(data, "003", mask=np.random.default_rng(1).integers(0, 255, (40, 50), dtype=np.uint8))
+    png = (data / "003.png").read_bytes()
+    (data / "003.png").write_bytes(png[: len(png) // 2])  # header fine, pixel data cut
     report = ConversionReport("wbc_seg")
-    recs = load_wbc_seg(tmp_path, "three_class", tmp_path / "out", report=report)
+    recs = load_wbc_seg(data, "three_class", tmp_path / "out", report=report)
     assert [r["sample_id"] for r in recs] == ["001"]
     assert _reasons(report) == [("002.bmp", "unreadable file"), ("003.png", "unreadable mask")]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["001.png"]
 
 
 def test_wbc_no_pairs_is_an_error(tmp_path):
-    _img(tmp_path / "001.bmp")
+    data = tmp_path / "d"  # outputs may not lie inside the input folder
+    _img(data / "001.bmp")
     with pytest.raises(ConversionError, match=r"converters\.wbc_seg: .*: no image/mask pairs found"):
-        load_wbc_seg(tmp_path, "binary", tmp_path / "out")
+        load_wbc_seg(data, "binary", tmp_path / "out")
 
 
 def test_wbc_bad_csv_rows_are_reported_with_lines(tmp_path):
@@ -229,27 +232,30 @@ def test_wbc_csv_ids_without_images_and_images_without_ids(tmp_path):
 
 
 def test_wbc_colour_and_empty_masks(tmp_path):
-    _pair(tmp_path, "001")
+    data = tmp_path / "d"  # outputs may not lie inside the input folder
+    _pair(data, "001")
     rgb = np.stack([_mask()] * 3, axis=-1)  # grey stored as RGB: read from one channel, no repair
-    Image.fromarray(rgb).save(tmp_path / "001.png")
-    _pair(tmp_path, "002")
+    Image.fromarray(rgb).save(data / "001.png")
+    _pair(data, "002")
     colour = np.zeros((10, 12, 3), np.uint8)
-    colour[2:7, 3:9] = (255, 0, 0)  # a red cell: converted to grey (76), reported
-    Image.fromarray(colour).save(tmp_path / "002.png")
-    _pair(tmp_path, "003", mask=np.zeros((10, 12), np.uint8))  # no cell at all
+    colour[2:7, 3:9] = (255, 0, 0)  # a red cell: no grey level, so no class: skipped, reported
+    Image.fromarray(colour).save(data / "002.png")
+    _pair(data, "003", mask=np.zeros((10, 12), np.uint8))  # no cell at all
     report = ConversionReport("wbc_seg")
-    recs = load_wbc_seg(tmp_path, "three_class", tmp_path / "out", report=report)
-    assert len(recs) == 3
+    recs = load_wbc_seg(data, "three_class", tmp_path / "out", report=report)
+    assert [r["sample_id"] for r in recs] == ["001", "003"]
     labels = [np.asarray(Image.open(r["sem_seg_file_name"])) for r in recs]
     assert np.array_equal(labels[0], (_mask() == 128) * 1 + (_mask() == 255) * 2)
-    assert labels[1][4, 5] == 1 and labels[1].sum() == 30  # grey 76 is nearest to 128
-    assert labels[2].max() == 0
-    assert [(x["file"][-7:], x["reason"]) for x in report.repaired if "mode" in x["reason"]] == [
-        ("002.png", "mask mode RGB converted to 8-bit grey")]
+    assert labels[1].max() == 0
+    assert [(x["file"][-7:], x["reason"]) for x in report.skipped] == [
+        ("002.png", "unreadable mask: colour mask (mode RGB): pixel (row 2, col 3) is (255, 0, 0); "
+                    "expected grey levels 0/128/255")]
+    assert report.repaired == []
     inst_report = ConversionReport("wbc_seg")
-    inst = load_wbc_instances(tmp_path, report=inst_report)
-    assert [r["sample_id"] for r in inst] == ["001", "002"]
-    assert _reasons(inst_report) == [("003.png", "no cell pixels in the mask")]
+    inst = load_wbc_instances(data, report=inst_report)
+    assert [r["sample_id"] for r in inst] == ["001"]
+    assert sorted(_reasons(inst_report)) == [("002.png", "unreadable mask"),
+                                             ("003.png", "no cell pixels in the mask")]
 
 
 def test_wbc_cli_strict_error_is_one_line_and_writes_no_dataset(tmp_path, run_tool):

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from d2ext.modeling.pose import (COCO_FLIP_INDICES, COCO_KEYPOINT_NAMES, PoseFeatureExtractor, flip_indices,
-                                 generate_poses, joint_angles, mirror_keypoints, normalize_keypoints,
-                                 persons_to_tensors, select_main_person, synthetic_pose_records, wrist_heights)
+from d2ext.data.pose_features import (COCO_FLIP_INDICES, COCO_KEYPOINT_NAMES, PoseFeatureExtractor, flip_indices,
+                                      joint_angles, mirror_keypoints, normalize_keypoints, persons_to_tensors,
+                                      select_main_person, wrist_heights)
+from d2ext.data.synthetic_pose import generate_poses, synthetic_pose_records
 
 IDX = {n: i for i, n in enumerate(COCO_KEYPOINT_NAMES)}
 

@@ -9,7 +9,8 @@ import torch
 
 from d2ext.engine import setup_cfg
 from d2ext.modeling.heads.shot_head import SHOT_HEAD_REGISTRY, ShotClassifierHead
-from d2ext.modeling.pose import COCO_KEYPOINT_NAMES, synthetic_head_accuracy
+from d2ext.data.pose_features import COCO_KEYPOINT_NAMES
+from d2ext.modeling.pose import synthetic_head_accuracy
 
 IDX = {n: i for i, n in enumerate(COCO_KEYPOINT_NAMES)}
 TINY_KP = "configs/cricket/keypoint_rcnn_tiny.yaml"
@@ -228,7 +229,7 @@ def test_classification_evaluator_confusion_from_pose_outputs(tmp_path):
 
 
 def test_draw_pose_shot():
-    from d2ext.modeling.pose import generate_poses
+    from d2ext.data.synthetic_pose import generate_poses
     from d2ext.utils.pose_vis import draw_pose_inset, draw_pose_shot
 
     kps = generate_poses(1, seed=0, missing_prob=0.0, torso_px_range=(80, 90))["keypoints"][0]

@@ -82,7 +82,7 @@ def test_one_budget_rule():
 
     # 10 min, 20 s of calibration, 0.5 s a step: (600 - 20 - startup) / (0.5 * overhead)
     assert iterations_for_budget(600, 20, 0.5) == int((600 - 20 - STARTUP_S) / (0.5 * LOOP_OVERHEAD))
-    assert iterations_for_budget(10, 20, 0.5) == 20  # never fewer than 20
+    assert iterations_for_budget(10, 20, 0.5) == 1  # an exhausted budget: one iteration, no overrun
 
 
 def test_schedule_rescaled_to_the_run():
@@ -104,6 +104,6 @@ def test_train_within_budget_on_shapes(tmp_path):
 
     run = train_within_budget(str(REPO / "configs/shapes/retinanet_R18_FPN.yaml"), str(tmp_path / "run"), 0.4,
                               opts=["SOLVER.IMS_PER_BATCH", "2"], register_real_data=False)
-    assert run.max_iter >= 20 and os.path.exists(os.path.join(run.output_dir, "model_final.pth"))
+    assert run.max_iter >= 1 and os.path.exists(os.path.join(run.output_dir, "model_final.pth"))
     _, res = run.evaluate()
     assert 0.0 <= res["bbox"]["AP50"] <= 100.0 and res["bbox"]["AP50"] == res["bbox"]["AP50"]

@@ -76,7 +76,7 @@ def test_convert_writes_label_pngs_and_dataset_json(tmp_path):
     assert ds["stuff_classes"] == ["background", "cytoplasm", "nucleus"] and ds["ignore_label"] == 255
     assert len(ds["records"]) == 10
     r = ds["records"][2]
-    assert r["sample_id"] == "003" and r["image_id"] == 2
+    assert r["sample_id"] == "003" and r["image_id"] == 3  # ids from 1, as in every converter
     assert (r["height"], r["width"]) == (H, W)
     assert r["file_name"] == str((tmp_path / "data" / "003.bmp").resolve())
     assert r["sem_seg_file_name"] == str((out / "003.png").resolve())

@@ -433,10 +433,11 @@ def test_cli_on_real_ground_truth(shared_data, tmp_path, run_tool):
 
 
 def test_benchmark_loop_form_agrees(shared_data, run_tool, tmp_path):
-    """The benchmark asserts identical APs of the vectorised and the loop implementation; run it
-    on the first 40 val images with its seeded synthetic predictions."""
+    """The benchmark asserts identical APs of tools/eval_widerface.py and the toolkit's Python port
+    (both whole processes); run it on the first 40 val images with its seeded predictions."""
     out = tmp_path / "bench.json"
-    run_tool("benchmark.py", "widerface_eval", "--widerface-images", "40", "--json", out,
+    run_tool("benchmark.py", "widerface_eval", "--widerface-images", "40", "--widerface-repeats", "1",
+             "--json", out,
              env={"D2EXT_SHARED_DATA": str(shared_data), "OMP_NUM_THREADS": "1"})
     rows = {r["name"]: r for r in json.loads(out.read_text())}
     assert "identical AP" in rows["widerface_eval"]["notes"]
@@ -446,7 +447,7 @@ def test_benchmark_loop_form_agrees(shared_data, run_tool, tmp_path):
 def test_candidate_pruning_matches_brute_force():
     """The x-centre pruning of (prediction, face) pairs changes no match: crowded small integer
     boxes (many IoU == 0.5 ties and near misses) and fractional ones, against all pairs."""
-    from d2ext.evaluation.widerface import _flatten_predictions, _match_predictions
+    from d2ext.evaluation.widerface_protocol import _flatten_predictions, _match_predictions
 
     rng = np.random.default_rng(7)
     images, preds = [], {}
@@ -480,3 +481,209 @@ def test_candidate_pruning_matches_brute_force():
             expected[p] = gt.offsets[img[p]] + int(np.argmax(iou))
     assert (got >= 0).sum() > 100  # 129 with this seed
     np.testing.assert_array_equal(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Light protocol, hostile prediction folders, the MAT reader, the registry
+# ---------------------------------------------------------------------------------------------
+def _write_tiny_gt(folder, compress=True):
+    """The official .mat layout for one event, images img_a (FACE0, FACE1) and img_b (FACE0):
+    easy keeps img_a's face 1, medium img_a's faces 1-2, hard all three."""
+    from scipy.io import savemat
+
+    def cells(values):
+        out = np.empty((len(values), 1), dtype=object)
+        for k, v in enumerate(values):
+            out[k, 0] = v
+        return out
+
+    folder.mkdir(parents=True, exist_ok=True)
+    events = cells(["0--Parade"])
+    files = cells([cells(["img_a", "img_b"])])
+    boxes = cells([cells([np.array([FACE0, FACE1], float), np.array([FACE0], float)])])
+    savemat(folder / "wider_face_val.mat", {"event_list": events, "file_list": files,
+                                            "face_bbx_list": boxes}, do_compression=compress)
+    keep = {"easy": ([1], []), "medium": ([1, 2], []), "hard": ([1, 2], [1])}
+    for s, (a, b) in keep.items():
+        lists = cells([cells([np.array(a, np.uint8).reshape(-1, 1), np.array(b, np.uint8).reshape(-1, 1)])])
+        savemat(folder / f"wider_{s}_val.mat", {"event_list": events, "file_list": files,
+                                                "gt_list": lists}, do_compression=compress)
+    return folder
+
+
+_TINY_A = "img_a\n5\n10 10 20 20 0.9\n20 10 20 20 0.6\n30 30 5 5 1e308\n40 40 5 5 nan\n50 50 5 5 -1e308\n"
+_TINY_B = "img_b\n1\n10 10 20 20 0.3\n"
+# after leaving out the three bad lines: scores 0.9 / 0.6 / 0.3 normalise to 1 / 0.5 / 0; easy
+# finds its face first (AP 1), medium one of two (0.5), hard two of three with a false positive
+# in between (1/3 + 1/3 * 2/3)
+_TINY_AP = {"easy": 1.0, "medium": 0.5, "hard": 1 / 3 + 2 / 9}
+
+# runs a tool's main as __main__ and reports whether torch / detectron2 were imported
+_PROBE = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    code = e.code
+else:
+    code = 0
+print("PROBE", code, "torch" in sys.modules, "detectron2" in sys.modules)
+"""
+
+
+def _run_probe(repo_root, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _PROBE, str(repo_root / "tools" / "eval_widerface.py"),
+                           *map(str, args)], cwd=repo_root, capture_output=True, text=True, timeout=120)
+
+
+def _tiny_pred(tmp_path):
+    pred = tmp_path / "pred" / "0--Parade"
+    pred.mkdir(parents=True)
+    (pred / "img_a.txt").write_text(_TINY_A)
+    (pred / "img_b.txt").write_text(_TINY_B)
+    return pred.parent
+
+
+def test_cli_runs_without_torch_and_skips_non_finite_scores(tmp_path, repo_root):
+    gt_dir = _write_tiny_gt(tmp_path / "gt")
+    pred = _tiny_pred(tmp_path)
+    proc = _run_probe(repo_root, "--pred", pred, "--gt", gt_dir, "--json", tmp_path / "ap.json",
+                      "--report", tmp_path / "report.json")
+    assert proc.stdout.strip().splitlines()[-1] == "PROBE 0 False False", proc.stdout + proc.stderr
+    a = pred / "0--Parade" / "img_a.txt"
+    assert f"skipped: {a}:5: score 1e+308 is beyond +-1e+09" in proc.stdout
+    assert f"skipped: {a}:6: score nan is not finite" in proc.stdout
+    assert f"skipped: {a}:7: score -1e+308 is beyond +-1e+09" in proc.stdout
+    assert json.loads((tmp_path / "ap.json").read_text()) == pytest.approx(_TINY_AP, abs=1e-12)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["num_read"], report["num_boxes"], len(report["skipped"])) == (2, 3, 3)
+
+
+@pytest.mark.parametrize("case", ["folder", "symlink_loop", "not_utf8", "bad_count"])
+def test_cli_unusable_prediction_file_is_one_line(tmp_path, repo_root, case):
+    gt_dir = _write_tiny_gt(tmp_path / "gt")
+    pred = _tiny_pred(tmp_path)
+    target = pred / "0--Parade" / "img_b.txt"
+    target.unlink()
+    expected = {
+        "folder": f"{target}: is a folder, expected a prediction file",
+        "symlink_loop": f"{target}: cannot be read (a symlink loop)",
+        "not_utf8": f"{target}:3: not UTF-8 text (byte 0xff at offset 14)",
+        "bad_count": f"{target}:2: count line says 2 boxes, the file has 1",
+    }[case]
+    if case == "folder":
+        target.mkdir()
+    elif case == "symlink_loop":
+        target.symlink_to(target)
+    elif case == "not_utf8":
+        target.write_bytes(b"img_b\n1\n10 10 \xff0 20 0.3\n")
+    else:
+        target.write_text("img_b\n2\n10 10 20 20 0.3\n")
+    proc = _run_probe(repo_root, "--pred", pred, "--gt", gt_dir)
+    assert proc.stdout.strip().splitlines()[-1] == "PROBE 2 False False"
+    assert proc.stderr.strip().splitlines() == [f"eval_widerface: error: {expected} "
+                                                "(run with --debug for the traceback)"]
+    proc = _run_probe(repo_root, "--pred", pred, "--gt", gt_dir, "--debug")
+    assert "Traceback" in proc.stderr and expected in proc.stderr
+
+
+def test_protocol_imports_without_torch(repo_root):
+    import subprocess
+    import sys
+
+    code = ("import sys, d2ext.evaluation.widerface_protocol, d2ext.evaluation.matfile, d2ext.evaluation\n"
+            "print('torch' in sys.modules, 'detectron2' in sys.modules, 'scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False", "False"]
+
+
+def test_bulk_reader_equals_line_reader(tmp_path):
+    """Files with the plain layout are parsed together (NumPy tokenising + np.fromstring); the
+    values must equal Python's float() of each token, and files with blank lines, odd spacing or
+    exponents must come out as the line-by-line reader gives them."""
+    from d2ext.evaluation.widerface_protocol import _read_many
+
+    rng = np.random.default_rng(5)
+    texts = {
+        "plain": "p\n3\n" + "".join(f"{x:.1f} {y:.1f} 20 21.5 {s!r}\n" for x, y, s in rng.random((3, 3)) * 500),
+        "blank_first": "\n\nq\n1\n1 2 3 4 0.5\n",
+        "crlf_tabs": "r\r\n2\r\n1\t2 3 4   1e-05\r\n\r\n-0.0 5 6 7 .25\r\n",
+        "empty": "s\n0\n",
+        "no_newline": "t\n1\n1 2 3 4 0.125",
+        "exponents": "u\n2\n1E2 2e+1 3 4 0.75\n5 6 7 8 123456789.5\n",
+    }
+    files = []
+    for name, text in texts.items():
+        path = tmp_path / f"{name}.txt"
+        path.write_bytes(text.encode())
+        files.append((name, str(path)))
+    got = dict(_read_many(files, []))
+    for name, path in files:
+        expected = np.array([[float(v) for v in line.split()] for line in
+                             texts[name].replace("\r", "").split("\n")[2:] if line.strip()]
+                            if name != "blank_first" else [[1, 2, 3, 4, 0.5]]).reshape(-1, 5)
+        np.testing.assert_array_equal(got[name], expected)
+        np.testing.assert_array_equal(got[name], read_prediction_file(path)[1])
+        assert np.signbit(got["crlf_tabs"][1, 0])  # -0.0 kept
+
+
+def test_mat_reader_matches_scipy(tmp_path, shared_data):
+    from scipy.io import loadmat
+
+    from d2ext.evaluation.matfile import read_mat
+
+    def same(ours, theirs):
+        if isinstance(ours, str):
+            while isinstance(theirs, np.ndarray):
+                theirs = theirs.flat[0] if theirs.size else ""
+            return ours == str(theirs)
+        if ours.dtype == object:
+            return ours.shape == theirs.shape and all(same(a, b) for a, b in zip(ours.flat, theirs.flat))
+        return ours.shape == theirs.shape and np.array_equal(ours, theirs)
+
+    paths = sorted(_gt_dir(shared_data).glob("*.mat"))
+    paths += sorted(_write_tiny_gt(tmp_path / "z", compress=True).glob("*.mat"))
+    paths += sorted(_write_tiny_gt(tmp_path / "u", compress=False).glob("*.mat"))
+    for path in paths:
+        ours, theirs = read_mat(str(path)), loadmat(str(path))
+        assert set(ours) == {k for k in theirs if not k.startswith("__")}, path
+        for k in ours:
+            assert same(ours[k], theirs[k]), (path, k)
+    only = read_mat(str(paths[0]), ["event_list"])
+    assert list(only) == ["event_list"] and only["event_list"].shape == (61, 1)
+    bad = tmp_path / "bad.mat"
+    bad.write_bytes(b"not a mat file" * 20)
+    with pytest.raises(ValueError, match=r"bad\.mat: not a MATLAB 5 MAT-file"):
+        read_mat(str(bad))
+
+
+def test_tiny_gt_through_the_loader(tmp_path):
+    gt = load_widerface_gt(_write_tiny_gt(tmp_path / "gt"))
+    assert gt.names == ["img_a", "img_b"] and gt.events == ["0--Parade"] * 2
+    np.testing.assert_array_equal(gt.boxes, [FACE0, FACE1, FACE0])
+    assert {s: gt.keep[s].tolist() for s in gt.settings} == {
+        "easy": [True, False, False], "medium": [True, True, False], "hard": [True, True, True]}
+
+
+def test_in_memory_predictions_out_of_range_are_refused():
+    preds, gt = _one_image_case()
+    preds["img"][1, 4] = 1e308
+    with pytest.raises(ValueError, match=r"image 'img': score 1e\+308 is beyond"):
+        evaluate_widerface(preds, gt)
+
+
+def test_evaluator_registry_is_detectron2s():
+    from detectron2.utils.registry import Registry
+
+    import d2ext
+    from d2ext.evaluation import EVALUATOR_REGISTRY, registered_evaluator_types
+
+    d2ext.register_all()
+    assert isinstance(EVALUATOR_REGISTRY, Registry)
+    assert {"coco", "sem_seg", "classification", "widerface"} <= set(registered_evaluator_types())
+    assert EVALUATOR_REGISTRY.get("widerface").__module__ == "d2ext.evaluation.widerface"

@@ -148,7 +148,8 @@ def _tiny_v3(num_classes=3, anchors=None):
     shapes = bb.output_shape()
     anchors = anchors or [[[6, 6], [10, 12], [14, 10]], [[20, 20], [28, 22], [22, 30]],
                           [[40, 40], [56, 48], [70, 70]]]
-    head = YOLOV3Head([shapes[f].channels for f in feats], [len(a) for a in anchors], num_classes)
+    head = YOLOV3Head(in_channels=[shapes[f].channels for f in feats], num_anchors=[len(a) for a in anchors],
+                      num_classes=num_classes)
     return YOLOV3(backbone=bb, head=head, head_in_features=feats, anchors=anchors,
                   num_classes=num_classes)
 
@@ -158,14 +159,15 @@ def _tiny_v2(num_classes=3):
     bb = Darknet19(feats, width_mult=0.125)
     shapes = bb.output_shape()
     anchors = [[[8, 8], [16, 20], [24, 16], [36, 36], [56, 56]]]
-    head = YOLOV2Head([shapes[f].channels for f in feats], 5, num_classes)
+    head = YOLOV2Head(in_channels=[shapes[f].channels for f in feats], num_anchors=5, num_classes=num_classes)
     return YOLOV2(backbone=bb, head=head, head_in_features=feats, anchors=anchors,
                   num_classes=num_classes, ignore_thresh=0.6)
 
 
 def _tiny_v1(num_classes=3, grid=2):
     bb = YOLOv1Net(("dark6",), variant="fast", width_mult=0.125)
-    head = YOLOV1Head(bb.output_shape()["dark6"].channels, grid, 2, num_classes, fc_dim=64, dropout=0.0)
+    head = YOLOV1Head(in_channels=bb.output_shape()["dark6"].channels, grid_size=grid, boxes_per_cell=2,
+                      num_classes=num_classes, fc_dim=64, dropout=0.0)
     return YOLOV1(backbone=bb, head=head, head_in_features=["dark6"], num_classes=num_classes)
 
 
@@ -176,7 +178,7 @@ def test_yolov3_80_class_parameter_count():
     shapes = bb.output_shape()
     assert [shapes[f].stride for f in feats] == [8, 16, 32]
     assert [shapes[f].channels for f in feats] == [256, 512, 1024]
-    head = YOLOV3Head([shapes[f].channels for f in feats], [3, 3, 3], 80)
+    head = YOLOV3Head(in_channels=[shapes[f].channels for f in feats], num_anchors=[3, 3, 3], num_classes=80)
     n = sum(p.numel() for p in bb.parameters()) + sum(p.numel() for p in head.parameters())
     assert n == 61_949_149
 
@@ -193,7 +195,8 @@ def test_output_shapes_v3_v2_v1():
     assert tuple(out.shape) == (1, 5 * 25, 13, 13)  # passthrough 26x26 -> 13x13
 
     bb = YOLOv1Net(("dark6",), variant="fast", width_mult=0.125)
-    head = YOLOV1Head(bb.output_shape()["dark6"].channels, 7, 2, 20, fc_dim=32)
+    head = YOLOV1Head(in_channels=bb.output_shape()["dark6"].channels, grid_size=7, boxes_per_cell=2,
+                      num_classes=20, fc_dim=32)
     f = bb(torch.zeros(1, 3, 448, 448))["dark6"]
     assert tuple(f.shape[-2:]) == (7, 7)
     assert tuple(head([f]).shape) == (1, 7, 7, 30)  # the paper's 7x7x30

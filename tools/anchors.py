@@ -11,6 +11,8 @@ Boxes are scaled as the model's input resize scales them:
 without a width use ``--default-width``), ``square`` (both sides -> input size, Darknet's resize).
 Crowd / zero-size boxes are skipped and counted. Prints the anchors (sorted by area, split into
 ``--levels`` groups, finest first) as ``MODEL.YOLO.ANCHORS`` YAML and the mean best IoU.
+``--dataset`` may be the path of a COCO ``.json`` file (``--image-root`` is not needed: only the
+recorded box and image sizes are read).
 """
 import argparse
 import logging
@@ -19,22 +21,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog  # noqa: E402
-from detectron2.structures import BoxMode  # noqa: E402
-
-from d2ext.modeling.meta_arch.yolo_utils import kmeans_anchors  # noqa: E402
+from tools._common import add_debug_flag, run_tool  # noqa: E402
 
 logger = logging.getLogger("d2ext.tools.anchors")
-
-
-def _register_datasets():
-    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-    try:
-        from converters.builtin import register_builtin_datasets
-    except ImportError:
-        return
-    register_builtin_datasets()
 
 
 def _scale(record, args):
@@ -62,6 +51,9 @@ def _scale(record, args):
 
 def collect_wh(records, args):
     """(N, 2) box sizes in input pixels, and counts of skipped crowd / empty boxes."""
+    import torch
+    from detectron2.structures import BoxMode
+
     wh, crowd, empty = [], 0, 0
     for r in records:
         sx, sy = _scale(r, args)
@@ -89,9 +81,9 @@ def format_anchors(anchors, levels: int) -> str:
     return "ANCHORS: [" + ", ".join("[" + ", ".join(f"[{w}, {h}]" for w, h in g) + "]" for g in groups) + "]"
 
 
-def main(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="registered dataset name, e.g. bccd_train")
+    p.add_argument("--dataset", required=True, help="registered dataset name (bccd_train) or COCO .json path")
     p.add_argument("--input-size", type=int, default=416, help="network input size (default 416)")
     p.add_argument("--resize", choices=["shortest", "longest", "width", "square"], default="shortest")
     p.add_argument("--max-size", type=int, default=0, help="cap of the longer side (shortest mode)")
@@ -100,13 +92,43 @@ def main(argv=None):
     p.add_argument("--levels", type=int, default=3, help="output levels to split them over")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--centre", choices=["mean", "median"], default="mean")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    add_debug_flag(p)
+    return p
 
-    _register_datasets()
-    if args.dataset not in DatasetCatalog.list():
-        p.error(f"unknown dataset {args.dataset!r}; registered: {sorted(DatasetCatalog.list())}")
-    records = DatasetCatalog.get(args.dataset)
+
+def _records(name):
+    """The dataset's records; a COCO file is read directly (its images need not be present)."""
+    from d2ext.data.coco_files import is_coco_path, resolve_dataset
+
+    if is_coco_path(name) and os.path.isfile(name):
+        # read directly: only boxes and sizes are needed, and a file converted without its images
+        # (no height/width) is fine with --resize width
+        import json
+
+        with open(name, "rb") as f:
+            coco = json.loads(f.read())
+        records = {im["id"]: {"file_name": im.get("file_name"), "height": im.get("height"),
+                              "width": im.get("width"), "annotations": []} for im in coco.get("images", [])}
+        for a in coco.get("annotations", []):
+            if a.get("image_id") in records:
+                records[a["image_id"]]["annotations"].append(
+                    {"bbox": a["bbox"], "bbox_mode": 1, "iscrowd": a.get("iscrowd", 0)})  # 1: XYWH_ABS
+        return list(records.values())
+    from detectron2.data import DatasetCatalog
+
+    return DatasetCatalog.get(resolve_dataset(name))
+
+
+def main(args):
+    import d2ext.engine  # noqa: F401  (registers every d2ext component)
+    from d2ext.modeling.meta_arch.yolo_utils import kmeans_anchors
+    from tools._common import register_real_datasets
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.k % args.levels:
+        raise ValueError(f"--k {args.k} is not divisible by --levels {args.levels}")
+    register_real_datasets()
+    records = _records(args.dataset)
     wh, crowd, empty = collect_wh(records, args)
     anchors, mean_iou = kmeans_anchors(wh, args.k, seed=args.seed, centre=args.centre)
     print(f"# tools/anchors.py --dataset {args.dataset} --input-size {args.input_size} "
@@ -118,5 +140,9 @@ def main(argv=None):
     return 0
 
 
+def cli(argv=None):
+    sys.exit(run_tool(main, build_parser().parse_args(argv), "anchors"))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -22,7 +22,7 @@ def setup(args):
     from d2ext.engine import setup_cfg
     from detectron2.engine import default_setup
 
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, args.opts, image_root=args.image_root)
     default_setup(cfg, args)
     return cfg
 
@@ -65,6 +65,9 @@ def _launch(args):
 def cli(argv=None):
     parser = default_argument_parser(__doc__)
     add_debug_flag(parser)
+    parser.add_argument("--image-root", default=None,
+                        help="image folder of DATASETS entries that are COCO JSON paths (default: the "
+                             "folder the converter recorded in the file, else the file's own folder)")
     args = parser.parse_args(argv)
     sys.exit(run_tool(_launch, args, "train_net"))
 

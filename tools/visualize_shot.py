@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Draw PoseShotClassifier predictions: skeleton, normalised-pose inset, shot and probability.
+"""Draw PoseShotClassifier / FusedShotClassifier predictions: skeleton, normalised-pose inset, shot, probability.
 
     tools/visualize_shot.py --config-file configs/cricket/pose_shot_head.yaml --weights HEAD.pth \
         --input IMG_OR_DIR [...] --output-dir vis/ [--keypoints kp.json] [KEY VALUE ...]
@@ -15,18 +15,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-import tqdm  # noqa: E402
-from d2ext.engine import list_images, setup_cfg  # noqa: E402
-from d2ext.core import atomic_save_image  # noqa: E402
-from d2ext.utils.pose_vis import draw_pose_shot  # noqa: E402
 from tools._common import register_real_datasets, setup_tool_logger  # noqa: E402
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, help="a PoseShotClassifier config")
-    p.add_argument("--weights", default="", help="trained PoseShotClassifier checkpoint")
+    p.add_argument("--config-file", required=True, help="a PoseShotClassifier or FusedShotClassifier config")
+    p.add_argument("--weights", default="", help="its trained checkpoint")
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--keypoints", help="cached keypoints (tools/extract_keypoints.py output)")
@@ -36,24 +31,30 @@ def build_parser():
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)  # before the heavy imports: --help answers at once
+
     import torch
-    from detectron2.checkpoint import DetectionCheckpointer
+    import tqdm
+    from d2ext.checkpoint import SafeCheckpointer
     from detectron2.data import MetadataCatalog
     from detectron2.data import detection_utils as utils
     from detectron2.modeling import build_model
     from PIL import Image
 
-    from d2ext.data.pose import PoseShotDatasetMapper
+    import d2ext.engine  # noqa: F401  (registers every d2ext component)
+    from d2ext.core import atomic_save_image
+    from d2ext.data import build_dataset_mapper
+    from d2ext.engine import list_images, setup_cfg
+    from d2ext.utils.pose_vis import draw_pose_shot
 
-    args = build_parser().parse_args(argv)
     logger = setup_tool_logger()
     register_real_datasets()
     cfg = setup_cfg(args.config_file, args.opts)
     model = build_model(cfg)
     if args.weights:
-        DetectionCheckpointer(model).load(args.weights)
+        SafeCheckpointer(model, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL).load(args.weights)
     model.eval()
-    mapper = PoseShotDatasetMapper(cfg, False)
+    mapper = build_dataset_mapper(cfg, False)  # INPUT.DATASET_MAPPER_NAME: PoseShot- / FusedShotDatasetMapper
     names = args.class_names
     if names is None and cfg.DATASETS.TEST:
         names = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("thing_classes", None)

@@ -1,10 +1,13 @@
 """Pose-to-shot data: the ``PoseShotDatasetMapper`` and the synthetic ``pose_synthetic_*`` sets.
 
+``FusedShotDatasetMapper`` gives ``FusedShotClassifier`` both the augmented image and the cached
+persons (flipped together).
+
 Records are the cricket converter's (``converters/cricket.py``): ``file_name``, ``height``,
 ``width``, ``label`` and, once keypoints are attached, ``keypoints`` = a list of persons
 ``{"keypoints": [x, y, v] * 17, "score"?, "bbox"? XYWH}``.
 
-Built-in synthetic datasets (stick-figure batsmen, :mod:`d2ext.modeling.pose.synthetic`; no
+Built-in synthetic datasets (stick-figure batsmen, :mod:`d2ext.data.synthetic_pose`; no
 images, keypoints only; evaluator_type "classification"): ``pose_synthetic_train`` (2000 poses,
 seed 0), ``pose_synthetic_test`` (1000, seed 1); 30 % of the images hold a second, smaller person.
 """
@@ -19,13 +22,45 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.data.datasets.builtin_meta import COCO_PERSON_KEYPOINT_FLIP_MAP, COCO_PERSON_KEYPOINT_NAMES
 
-from ..modeling.pose.features import COCO_FLIP_INDICES, mirror_keypoints, persons_to_tensors
-from ..modeling.pose.synthetic import SYNTHETIC_SHOT_CLASSES, synthetic_pose_records
+from .classification import ClassificationDatasetMapper
 from .mappers import DATASET_MAPPER_REGISTRY
+from .pose_features import COCO_FLIP_INDICES, mirror_keypoints, persons_to_tensors
+from .synthetic_pose import SYNTHETIC_SHOT_CLASSES, synthetic_pose_records
 
-__all__ = ["PoseShotDatasetMapper", "register_synthetic_poses"]
+__all__ = ["PoseShotDatasetMapper", "FusedShotDatasetMapper", "build_keypoint_cfg", "register_synthetic_poses"]
 
 logger = logging.getLogger(__name__)
+
+
+def build_keypoint_cfg(cfg):
+    """The keypoint model's config: ``MODEL.POSE_SHOT.KEYPOINT_CONFIG`` (a file, or
+    ``model_zoo:<path>`` inside Detectron2's model zoo) + ``KEYPOINT_OPTS``, on ``cfg``'s device,
+    with ``MODEL.WEIGHTS = KEYPOINT_WEIGHTS``. None when no keypoint config is set."""
+    from detectron2.config import get_cfg
+
+    from ..config import add_d2ext_config
+
+    p = cfg.MODEL.POSE_SHOT
+    if not p.KEYPOINT_CONFIG:
+        return None
+    path = p.KEYPOINT_CONFIG
+    if path.startswith("model_zoo:"):
+        from detectron2 import model_zoo
+
+        path = model_zoo.get_config_file(path[len("model_zoo:"):])
+    kcfg = get_cfg()
+    add_d2ext_config(kcfg)
+    from ..checkpoint import merge_config_file
+
+    merge_config_file(kcfg, path)  # safe YAML loader only
+    kcfg.merge_from_list(list(p.KEYPOINT_OPTS))
+    kcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    kcfg.MODEL.WEIGHTS = p.KEYPOINT_WEIGHTS
+    if not kcfg.MODEL.KEYPOINT_ON:
+        raise ValueError(f"MODEL.POSE_SHOT.KEYPOINT_CONFIG {p.KEYPOINT_CONFIG!r} is not a keypoint model "
+                         f"(MODEL.KEYPOINT_ON is False)")
+    kcfg.freeze()
+    return kcfg
 
 
 @DATASET_MAPPER_REGISTRY.register()
@@ -53,8 +88,6 @@ class PoseShotDatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
-        from ..modeling.meta_arch.pose_shot import build_keypoint_cfg
-
         kcfg = build_keypoint_cfg(cfg) or cfg  # images go to the keypoint model: its input format
         return {
             "is_train": is_train,
@@ -72,13 +105,8 @@ class PoseShotDatasetMapper:
             raise KeyError(f"{record.get('file_name', '?')}: shot record has no 'label'")
         mirror = self.mirror_prob > 0 and np.random.rand() < self.mirror_prob
         if self.use_cached and "keypoints" in dataset_dict:
-            kps, boxes, scores = persons_to_tensors(dataset_dict["keypoints"], len(self.flip_indices),
-                                                    self.score_threshold)
-            if mirror:
-                w = float(record["width"])
-                kps = mirror_keypoints(kps, w, self.flip_indices)
-                kps[..., :2] = torch.where(kps[..., 2:] > self.score_threshold, kps[..., :2], 0.0)  # missing: 0
-                boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+            kps, boxes, scores = _persons(dataset_dict, len(self.flip_indices), self.score_threshold,
+                                          record["width"] if mirror else None, self.flip_indices)
             record.update(persons=kps, person_boxes=boxes, person_scores=scores)
             return record
         file_name = record["file_name"]
@@ -92,6 +120,66 @@ class PoseShotDatasetMapper:
         if self.resize is not None:
             image = self.resize.get_transform(image).apply_image(image)
         record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return record
+
+
+def _persons(dataset_dict: Dict, num_keypoints: int, score_threshold: float, mirror_width=None,
+             flip_indices: Sequence[int] = COCO_FLIP_INDICES):
+    """Cached persons of a record as tensors, mirrored about ``mirror_width`` when given."""
+    kps, boxes, scores = persons_to_tensors(dataset_dict.get("keypoints") or [], num_keypoints, score_threshold)
+    if mirror_width is not None:
+        w = float(mirror_width)
+        kps = mirror_keypoints(kps, w, flip_indices)
+        kps[..., :2] = torch.where(kps[..., 2:] > score_threshold, kps[..., :2], 0.0)  # missing: 0
+        boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+    return kps, boxes, scores
+
+
+class _RecordingAugmentations:
+    """Calls an ``AugmentationList`` and keeps the transforms of the last call (to know whether
+    the image was flipped)."""
+
+    def __init__(self, augmentations: T.AugmentationList):
+        self.augmentations, self.last = augmentations, None
+
+    def __call__(self, aug_input):
+        self.last = self.augmentations(aug_input)
+        return self.last
+
+    def __repr__(self):
+        return repr(self.augmentations)
+
+
+@DATASET_MAPPER_REGISTRY.register()
+class FusedShotDatasetMapper(ClassificationDatasetMapper):
+    """Record -> ``FusedShotClassifier`` input: the image exactly as ``ClassificationDatasetMapper``
+    gives it (``INPUT.*`` resize / crop / flip), plus the record's cached persons ``persons (P,
+    17, 3)``, ``person_boxes``, ``person_scores`` in original-image pixels (pose features are
+    translation and scale invariant, so resizing and cropping do not matter; a horizontal flip of
+    the image mirrors the persons too). A record without ``keypoints`` or with an empty list gets
+    ``P = 0``: the model then uses its "no pose" input.
+    """
+
+    @configurable
+    def __init__(self, is_train: bool, *, flip_indices: Sequence[int] = COCO_FLIP_INDICES,
+                 score_threshold: float = 0.05, **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.augmentations = _RecordingAugmentations(self.augmentations)
+        self.flip_indices = list(flip_indices)
+        self.score_threshold = float(score_threshold)
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        ret["score_threshold"] = cfg.MODEL.POSE_SHOT.KEYPOINT_THRESHOLD
+        return ret
+
+    def __call__(self, dataset_dict: Dict) -> Dict:
+        record = super().__call__({k: v for k, v in dataset_dict.items() if k != "keypoints"})
+        flips = sum(isinstance(t, T.HFlipTransform) for t in self.augmentations.last.transforms)
+        kps, boxes, scores = _persons(dataset_dict, len(self.flip_indices), self.score_threshold,
+                                      record["width"] if flips % 2 else None, self.flip_indices)
+        record.update(persons=kps, person_boxes=boxes, person_scores=scores)
         return record
 
 

@@ -10,12 +10,12 @@ from typing import Dict, Iterable, List
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ..checkpoint import SafeCheckpointer
 from ..data import build_dataset_mapper
 
 __all__ = ["Predictor", "outputs_to_coco_results", "list_images", "IMAGE_EXTENSIONS"]
@@ -45,7 +45,7 @@ class Predictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+            SafeCheckpointer(self.model, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL).load(cfg.MODEL.WEIGHTS)
         self.mapper = build_dataset_mapper(self.cfg, False)
         names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
         self.metadata = MetadataCatalog.get(names[0]) if names else None

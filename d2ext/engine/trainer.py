@@ -12,7 +12,6 @@ import os
 import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
@@ -20,8 +19,10 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import SafeCheckpointer, merge_config_file
 from ..config import add_d2ext_config
 from ..data import build_dataset_mapper
+from ..data.coco_files import check_datasets, dataset_folder_name, register_coco_datasets, resolve_dataset
 from ..evaluation import build_evaluator
 
 __all__ = ["Trainer", "setup_cfg"]
@@ -33,6 +34,7 @@ class Trainer(DefaultTrainer):
         logger = logging.getLogger("detectron2")
         if not logger.isEnabledFor(logging.INFO):
             setup_logger()
+        check_datasets(cfg)  # before building anything: a missing dataset or class-count mismatch
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
 
         model = self.build_model(cfg)
@@ -46,7 +48,8 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL,
+                                             trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -58,22 +61,29 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        resolve_dataset(dataset_name)
         return build_detection_test_loader(cfg, dataset_name, mapper=build_dataset_mapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+            # a COCO-file dataset is named by its path: keep its outputs inside OUTPUT_DIR
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_folder_name(dataset_name))
         return build_evaluator(cfg, dataset_name, output_folder)
 
 
-def setup_cfg(config_file: str = "", opts=(), freeze: bool = True):
-    """``get_cfg()`` + d2ext keys + a YAML file + command-line ``opts``; CPU when there is no GPU."""
+def setup_cfg(config_file: str = "", opts=(), freeze: bool = True, image_root=None):
+    """``get_cfg()`` + d2ext keys + a YAML file + command-line ``opts``; CPU when there is no GPU.
+    The file (and its ``_BASE_`` chain) is read with the safe YAML loader only
+    (:func:`d2ext.checkpoint.merge_config_file`): a config that needs Python tags is refused.
+    ``DATASETS.TRAIN`` / ``TEST`` entries that are COCO ``.json`` paths are registered under that
+    path (:mod:`d2ext.data.coco_files`; images under ``image_root`` when given)."""
     cfg = get_cfg()
     add_d2ext_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     cfg.merge_from_list(list(opts))
+    register_coco_datasets(cfg, image_root)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     if freeze:

@@ -1,39 +1,40 @@
 """Pick a Detectron2 ``DatasetEvaluator`` from a dataset's ``MetadataCatalog`` entry.
 
-Each evaluator family registers a builder for the ``evaluator_type`` strings it serves::
+``EVALUATOR_REGISTRY`` (Detectron2's ``Registry``) maps each ``evaluator_type`` string to a builder
+``fn(cfg, dataset_name, output_folder) -> DatasetEvaluator``; as in every Detectron2 registry the
+name is the registered object's ``__name__``, so a builder is named after the type it serves::
 
-    @register_evaluator("widerface")
-    def _build(cfg, dataset_name, output_folder):
+    @EVALUATOR_REGISTRY.register()
+    def widerface(cfg, dataset_name, output_folder):
         return WiderFaceEvaluator(dataset_name, output_dir=output_folder)
 """
-from typing import Callable, Dict
-
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
+from detectron2.utils.registry import Registry
 
-__all__ = ["register_evaluator", "build_evaluator", "registered_evaluator_types"]
+__all__ = ["EVALUATOR_REGISTRY", "build_evaluator", "registered_evaluator_types", "register_evaluators"]
 
-_BUILDERS: Dict[str, Callable] = {}
+EVALUATOR_REGISTRY = Registry("EVALUATOR")
+EVALUATOR_REGISTRY.__doc__ = """
+evaluator_type (a dataset's ``MetadataCatalog`` entry) -> builder
+``fn(cfg, dataset_name, output_folder) -> DatasetEvaluator``; the builder's name is the type.
+"""
 
 
-def register_evaluator(evaluator_type: str):
-    """Decorator: ``fn(cfg, dataset_name, output_folder) -> DatasetEvaluator`` for a type."""
-
-    def deco(fn):
-        if evaluator_type in _BUILDERS and _BUILDERS[evaluator_type] is not fn:
-            raise KeyError(f"evaluator_type {evaluator_type!r} is already registered")
-        _BUILDERS[evaluator_type] = fn
-        return fn
-
-    return deco
+def register_evaluators() -> None:
+    """Import d2ext's evaluator modules, so each registers its builders (the one list of them;
+    ``d2ext.register_all()`` and ``build_evaluator`` call it). Cheap after the first call."""
+    from . import best_box, classification, mask_sem_seg, segmentation, widerface  # noqa: F401
 
 
 def registered_evaluator_types():
-    return sorted(_BUILDERS)
+    register_evaluators()
+    return sorted(name for name, _ in EVALUATOR_REGISTRY)
 
 
 def build_evaluator(cfg, dataset_name: str, output_folder: str):
     """The evaluator(s) for ``dataset_name``; metadata ``evaluator_type`` may be a str or a list."""
+    register_evaluators()
     meta = MetadataCatalog.get(dataset_name)
     types = getattr(meta, "evaluator_type", None)
     if types is None:
@@ -45,12 +46,12 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
         types = [types]
     evaluators = []
     for t in types:
-        if t not in _BUILDERS:
+        if t not in EVALUATOR_REGISTRY:
             raise KeyError(
                 f"dataset {dataset_name!r}: no evaluator for evaluator_type {t!r}; "
                 f"known types: {registered_evaluator_types()}"
             )
-        evaluators.append(_BUILDERS[t](cfg, dataset_name, output_folder))
+        evaluators.append(EVALUATOR_REGISTRY.get(t)(cfg, dataset_name, output_folder))
     # Instance masks also scored as a label map (cfg.TEST.MASK_SEM_SEG_DATASETS; Mask R-CNN vs U-Net).
     from .mask_sem_seg import build_mask_sem_seg_evaluator
 
@@ -60,8 +61,9 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str):
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
-@register_evaluator("coco")
-def _build_coco(cfg, dataset_name, output_folder):
+@EVALUATOR_REGISTRY.register()
+def coco(cfg, dataset_name, output_folder):
+    """Builder of ``evaluator_type: "coco"``: Detectron2's ``COCOEvaluator``."""
     return COCOEvaluator(
         dataset_name,
         output_dir=output_folder,

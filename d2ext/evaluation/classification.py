@@ -23,7 +23,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
 from ..core import atomic_path
-from .build import register_evaluator
+from .build import EVALUATOR_REGISTRY
 
 __all__ = ["ClassificationEvaluator", "classification_metrics"]
 
@@ -198,6 +198,7 @@ class ClassificationEvaluator(DatasetEvaluator):
         return {"classification": results}
 
 
-@register_evaluator("classification")
-def _build_classification(cfg, dataset_name, output_folder):
+@EVALUATOR_REGISTRY.register()
+def classification(cfg, dataset_name, output_folder):
+    """Builder of ``evaluator_type: "classification"``."""
     return ClassificationEvaluator(dataset_name, output_dir=output_folder)

@@ -12,8 +12,18 @@ Pixels whose ground truth equals ``ignore_label`` count nowhere. A class that ne
 the ground truth has undefined (NaN) IoU/Dice and is left out of the means — the rule of
 ``SemSegEvaluator``, so mIoU and pixel accuracy agree with it exactly. ``fgDice``/``fgIoU`` average
 over the classes other than class 0 (background); for a binary task they are the object's Dice/IoU.
+
+Per image (a pooled score hides a subset that fails: one image size, one stain), the evaluator
+also scores each image alone, :func:`image_dice`: the mean Dice of the foreground classes present
+in that image's truth or prediction; 1 when neither holds any foreground, undefined (left out)
+when every pixel is ignored. It reports ``imgDice`` (their mean, %) and ``imgBelow50`` (% of
+images under 0.5) beside the pooled numbers, logs the 5 worst images by file name, writes
+``per_image_dice.json`` (mean, fraction below 0.5, worst 5, every image) and draws the overlays
+of the worst images.
 """
+import heapq
 import logging
+import math
 import os
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -24,12 +34,14 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 
-from ..core import atomic_save_image
-from .build import register_evaluator
+from ..core import atomic_save_image, atomic_write_json
+from .build import EVALUATOR_REGISTRY
 
 __all__ = [
     "confusion_matrix",
     "metrics_from_confusion",
+    "image_dice",
+    "per_image_summary",
     "SegmentationMetricsEvaluator",
     "overlay_panel",
 ]
@@ -93,6 +105,38 @@ def metrics_from_confusion(conf: np.ndarray, class_names: Optional[Sequence[str]
     return res
 
 
+def image_dice(conf: np.ndarray) -> float:
+    """Dice of one image from its ``(K, K)`` confusion matrix: the mean over the foreground
+    classes (ids >= 1) present in its truth or prediction of ``2 TP / (#truth + #predicted)``;
+    1.0 when no foreground is in either (nothing to find, nothing found); NaN when the image has
+    no scored pixel."""
+    conf = np.asarray(conf, dtype=np.float64)
+    if conf.sum() == 0:
+        return float("nan")
+    tp = np.diag(conf)[1:]
+    size = conf.sum(axis=1)[1:] + conf.sum(axis=0)[1:]
+    present = size > 0
+    if not present.any():
+        return 1.0
+    return float(np.mean(2 * tp[present] / size[present]))
+
+
+def per_image_summary(per_image: Sequence, worst: int = 5, below: float = 0.5) -> "OrderedDict[str, object]":
+    """``per_image`` = ``[(file_name, dice), ...]`` (dice a fraction, NaN = undefined) ->
+    ``{"num_images", "mean_dice", "fraction_below", "threshold", "worst": [[file_name, dice], ...]}``
+    over the images with a defined Dice; ``worst`` lowest first (ties by file name)."""
+    defined = [(f, float(d)) for f, d in per_image if not math.isnan(d)]
+    out = OrderedDict(num_images=len(defined), threshold=below)
+    if not defined:
+        out.update(mean_dice=float("nan"), fraction_below=float("nan"), worst=[])
+        return out
+    values = np.array([d for _, d in defined])
+    out["mean_dice"] = float(values.mean())
+    out["fraction_below"] = float((values < below).mean())
+    out["worst"] = [[f, d] for f, d in sorted(defined, key=lambda x: (x[1], x[0]))[:worst]]
+    return out
+
+
 def _palette(num_classes: int) -> np.ndarray:
     base = np.array(
         [[0, 0, 0], [255, 64, 64], [64, 160, 255], [80, 220, 80], [255, 200, 0], [200, 80, 255]], np.uint8
@@ -135,8 +179,9 @@ class SegmentationMetricsEvaluator(DatasetEvaluator):
     Ground truth is read at full resolution from each dataset dict's ``sem_seg_file_name``
     (looked up by ``file_name``), like ``SemSegEvaluator``. ``process`` accepts model outputs
     ``{"sem_seg": (K, H, W) logits}`` or ``{"sem_seg": (H, W) integer labels}`` (the classical
-    baselines), as tensors or arrays. The first ``num_vis`` images get an overlay PNG
-    (image | truth | prediction) in ``output_dir/overlays/``.
+    baselines), as tensors or arrays. The ``num_vis`` images with the lowest per-image Dice get
+    an overlay PNG (image | truth | prediction) in ``output_dir/overlays/``; per-image figures go
+    to the results (``imgDice``, ``imgBelow50``), the log and ``output_dir/per_image_dice.json``.
     """
 
     def __init__(
@@ -161,7 +206,8 @@ class SegmentationMetricsEvaluator(DatasetEvaluator):
     def reset(self):
         self._conf = np.zeros((self._num_classes, self._num_classes), np.int64)
         self._num_images = 0
-        self._num_drawn = 0
+        self._per_image = []  # (file_name, Dice fraction or NaN), in processing order
+        self._worst = []  # heap of (-dice, order, file_name, gt, pred): the num_vis worst so far
 
     def _to_labels(self, output) -> np.ndarray:
         if isinstance(output, dict):
@@ -188,11 +234,19 @@ class SegmentationMetricsEvaluator(DatasetEvaluator):
                     f"{gt_file}: ground truth is {gt.shape[0]}x{gt.shape[1]} but the prediction for "
                     f"{inp['file_name']} is {pred.shape[0]}x{pred.shape[1]}"
                 )
-            self._conf += confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+            conf = confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+            self._conf += conf
             self._num_images += 1
-            if self._num_drawn < self._num_vis and comm.is_main_process():
-                self._draw(inp["file_name"], gt, pred)
-                self._num_drawn += 1
+            dice = image_dice(conf)
+            self._per_image.append((inp["file_name"], dice))
+            if self._num_vis:
+                # undefined Dice ranks after every defined one (drawn only if room is left)
+                key = (-(2.0 if math.isnan(dice) else dice), -len(self._per_image))
+                item = (*key, inp["file_name"], gt, pred)
+                if len(self._worst) < self._num_vis:
+                    heapq.heappush(self._worst, item)
+                elif key > self._worst[0][:2]:
+                    heapq.heapreplace(self._worst, item)
 
     def _draw(self, file_name: str, gt: np.ndarray, pred: np.ndarray) -> None:
         from PIL import Image
@@ -212,26 +266,48 @@ class SegmentationMetricsEvaluator(DatasetEvaluator):
         """The ``(K, K)`` confusion matrix accumulated so far (rows truth, columns prediction)."""
         return self._conf.copy()
 
+    def per_image_report(self, worst: int = 5) -> "OrderedDict[str, object]":
+        """Per-image Dice of the images processed so far (this process): see
+        :func:`per_image_summary` (fractions; ``worst`` = the lowest ``worst`` with file names)."""
+        return per_image_summary(self._per_image, worst=worst)
+
     def evaluate(self):
-        conf = self._conf
+        conf, per_image, worst = self._conf, self._per_image, self._worst
         if self._distributed and comm.get_world_size() > 1:
             comm.synchronize()
-            parts = comm.all_gather((self._conf, self._num_images))
+            parts = comm.all_gather((self._conf, self._num_images, self._per_image, self._worst))
             if not comm.is_main_process():
                 return None
             conf = sum(p[0] for p in parts)
             self._num_images = sum(p[1] for p in parts)
+            per_image = [x for p in parts for x in p[2]]
+            worst = heapq.nlargest(self._num_vis, [x for p in parts for x in p[3]], key=lambda x: x[:2])
         if self._num_images == 0:
             logger.warning("SegmentationMetricsEvaluator on %s got no predictions", self._dataset_name)
             return OrderedDict()
         res = metrics_from_confusion(conf, self._class_names)
+        report = per_image_summary(per_image)
+        res["imgDice"] = report["mean_dice"] * 100
+        res["imgBelow50"] = report["fraction_below"] * 100
         logger.info(
-            "%s: %d images, mIoU %.2f, mDice %.2f, fgDice %.2f, pACC %.2f",
+            "%s: %d images, mIoU %.2f, mDice %.2f, fgDice %.2f, pACC %.2f; per image: mean Dice %.2f, "
+            "%.1f%% below 0.5, worst %s",
             self._dataset_name, self._num_images, res["mIoU"], res["mDice"], res["fgDice"], res["pACC"],
+            res["imgDice"], res["imgBelow50"],
+            ", ".join(f"{os.path.basename(f)} {d:.3f}" for f, d in report["worst"]) or "-",
         )
+        if self._output_dir and comm.is_main_process():
+            full = OrderedDict(report)
+            full["images"] = [[f, None if math.isnan(d) else d] for f, d in per_image]
+            full["mean_dice"] = None if math.isnan(full["mean_dice"]) else full["mean_dice"]
+            full["fraction_below"] = None if math.isnan(full["fraction_below"]) else full["fraction_below"]
+            atomic_write_json(os.path.join(self._output_dir, "per_image_dice.json"), full, indent=1)
+            for item in sorted(worst, key=lambda x: x[:2], reverse=True):  # worst first
+                self._draw(item[2], item[3], item[4])
         return OrderedDict({"sem_seg": res})
 
 
-@register_evaluator("sem_seg")
-def _build_sem_seg(cfg, dataset_name, output_folder):
+@EVALUATOR_REGISTRY.register()
+def sem_seg(cfg, dataset_name, output_folder):
+    """Builder of ``evaluator_type: "sem_seg"``."""
     return SegmentationMetricsEvaluator(dataset_name, output_dir=output_folder, num_vis=cfg.TEST.NUM_VIS_IMAGES)

@@ -10,7 +10,7 @@ from detectron2.data.datasets.builtin_meta import (COCO_PERSON_KEYPOINT_FLIP_MAP
                                                    KEYPOINT_CONNECTION_RULES)
 from detectron2.utils.visualizer import Visualizer
 
-from ..modeling.pose.features import normalize_keypoints
+from ..data.pose_features import normalize_keypoints
 
 __all__ = ["COCO_PERSON_METADATA", "draw_pose_inset", "draw_pose_shot"]
 

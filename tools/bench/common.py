@@ -104,11 +104,12 @@ def coco_eval_files(eval_dir, dataset_name: str) -> Tuple[str, str]:
     """(ground-truth JSON, results JSON) that ``COCOEvaluator`` used for ``dataset_name`` with
     ``output_dir=eval_dir``: the ground truth is the dataset's ``json_file`` (which the first
     evaluator in a process caches, possibly in another run's folder), else the cache in eval_dir."""
+    from d2ext.data.coco_files import dataset_folder_name
     from detectron2.data import MetadataCatalog
 
     gt = getattr(MetadataCatalog.get(dataset_name), "json_file", None)
     if not gt or not os.path.exists(gt):
-        gt = os.path.join(eval_dir, f"{dataset_name}_coco_format.json")
+        gt = os.path.join(eval_dir, f"{dataset_folder_name(dataset_name)}_coco_format.json")
     return gt, os.path.join(eval_dir, "coco_instances_results.json")
 
 
@@ -153,6 +154,19 @@ STARTUP_S = 15.0
 LOOP_OVERHEAD = 1.1
 
 
+def dataset_opts(args) -> List[str]:
+    """Config overrides that train on ``--data`` and test on ``--test-data`` when they name COCO
+    JSON files (any dataset, e.g. one written by ``tools/convert.py``); none otherwise."""
+    opts = []
+    for flag, key in (("data", "DATASETS.TRAIN"), ("test_data", "DATASETS.TEST")):
+        value = getattr(args, flag, None)
+        if value and value.endswith(".json"):
+            if not os.path.isfile(value):
+                raise FileNotFoundError(f"--{flag.replace('_', '-')} {value}: no such file")
+            opts += [key, f"('{os.path.abspath(value)}',)"]
+    return opts
+
+
 def row_output(args, row: str) -> str:
     """This row's own folder under ``--output`` (a temp folder when ``--output`` is not given)."""
     root = getattr(args, "output", None)
@@ -178,24 +192,31 @@ class BudgetRun:
         return (f"{self.max_iter} iters x {self.cfg.SOLVER.IMS_PER_BATCH} imgs, "
                 f"{self.train_minutes:.1f} min train (budget covers calibration + build + train)")
 
+    def eval_dir(self) -> str:
+        """Where :meth:`evaluate` (``Trainer.test``) wrote the files of the first test dataset."""
+        from d2ext.data.coco_files import dataset_folder_name
+
+        return os.path.join(self.output_dir, "inference", dataset_folder_name(self.cfg.DATASETS.TEST[0]))
+
     def evaluate(self):
         """``(model, results)``: ``model_final.pth`` loaded in this process and evaluated with
         ``Trainer.test`` on the config's ``DATASETS.TEST`` (the evaluator its ``evaluator_type``
         selects; files under ``<output_dir>/inference/<dataset>``)."""
+        from d2ext.checkpoint import SafeCheckpointer
         from d2ext.engine import Trainer
-        from detectron2.checkpoint import DetectionCheckpointer
 
         model = Trainer.build_model(self.cfg)
-        DetectionCheckpointer(model).load(os.path.join(self.output_dir, "model_final.pth"))
+        SafeCheckpointer(model).load(os.path.join(self.output_dir, "model_final.pth"))
         model.eval()
         return model, Trainer.test(self.cfg, model)
 
 
 def iterations_for_budget(budget_s: float, elapsed_s: float, seconds_per_step: float) -> int:
     """The one rule: what is left of the budget after calibration and start-up, divided by the
-    step time plus the loop overhead (at least 20 iterations)."""
+    step time plus the loop overhead. At least one iteration: a budget too small for the model
+    shows as a tiny iteration count in the row's note rather than as an overrun."""
     left = budget_s - elapsed_s - STARTUP_S
-    return max(20, int(left / (seconds_per_step * LOOP_OVERHEAD)))
+    return max(1, int(left / (seconds_per_step * LOOP_OVERHEAD)))
 
 
 def _schedule_opts(cfg, max_iter: int) -> List[str]:
@@ -261,3 +282,15 @@ def coco_ap(results: dict, task: str, key: str = "AP") -> float:
     then reports NaN, or leaves the task out when no prediction carries it)."""
     v = results.get(task, {}).get(key, float("nan"))
     return 0.0 if v != v else v / 100
+
+
+def detection_rows(base: str, run: BudgetRun, results: dict, note: str) -> List[Result]:
+    """The rows every trained detector reports, in one format so one table ranks them all:
+    ``<base>`` = COCO AP, ``/AP50``, ``/AP50/<class>`` (fractions), ``/peak_train_mem`` (MiB)."""
+    _, _, per_class = coco_ap_per_class(*coco_eval_files(run.eval_dir(), run.cfg.DATASETS.TEST[0]))
+    rows = [Result(base, coco_ap(results, "bbox"), "AP", notes=note),
+            Result(f"{base}/AP50", coco_ap(results, "bbox", "AP50"), "AP50")]
+    rows += [Result(f"{base}/AP50/{name}", v, "AP50") for name, v in per_class.items()]
+    rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
+                       notes="peak RSS of the training process (data workers excluded)"))
+    return rows

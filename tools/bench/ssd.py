@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, coco_ap, coco_ap_per_class, coco_eval_files, row_output, train_within_budget
+from tools.bench.common import Result, dataset_opts, detection_rows, row_output, train_within_budget
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,19 +68,9 @@ def ssd300_latency(args):
 def _bccd_row(args, model_name: str):
     config = REPO / "configs" / "bccd" / f"{model_name}.yaml"
     base = f"bccd/{model_name}"
-    run = train_within_budget(str(config), row_output(args, base), args.budget_min)
+    run = train_within_budget(str(config), row_output(args, base), args.budget_min, opts=dataset_opts(args))
     _, res = run.evaluate()
-    eval_dir = Path(run.output_dir) / "inference" / "bccd_test"
-    _, _, per_class = coco_ap_per_class(*coco_eval_files(eval_dir, "bccd_test"))
-    note = f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU"
-    # Same names and units (fractions) as the YOLO and R-CNN rows, so one table ranks them all.
-    rows = [Result(base, coco_ap(res, "bbox"), "AP", notes=note),
-            Result(f"{base}/AP50", coco_ap(res, "bbox", "AP50"), "AP50", notes="goal mAP50 >= 0.70")]
-    rows += [Result(f"{base}/AP50/{name}", v, "AP50", notes="goal >= 0.90" if name == "WBC" else "")
-             for name, v in per_class.items()]
-    rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
-                       notes="peak RSS of the training process (data workers excluded)"))
-    return rows
+    return detection_rows(base, run, res, f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU")
 
 
 def bccd_ssd300(args):

@@ -1,182 +1,420 @@
-"""White-blood-cell segmentation: U-Net (trained here, from scratch, on CPU) vs Otsu vs k-means.
+"""White-blood-cell segmentation: U-Net, DeepLabv3 and Mask R-CNN (trained here, from scratch, on
+CPU) vs Otsu and k-means, on the split as it is and under controlled shifts.
 
-    tools/benchmark.py wbc_seg [--data DIR] [--test-data DIR] [--budget-min N] [--wbc-modes ...]
+    tools/benchmark.py wbc_seg [--wbc-modes binary 3class]
+    tools/benchmark.py wbc_seg/deeplabv3/binary wbc_seg/deeplabv3/3class wbc_seg/mask_rcnn/binary
+    tools/benchmark.py wbc_seg_shift [--wbc-models unet deeplabv3 mask_rcnn] [--wbc-recipe shift|none]
+    (shared: --budget-min N per trained model, --data DIR, --test-data DIR, --output DIR)
 
-``--data`` is a folder of ``NNN.bmp`` images + ``NNN.png`` masks (Zheng et al. 2018 format;
+Data: ``--data`` is a folder of ``NNN.bmp`` images + ``NNN.png`` masks (Zheng et al. 2018 format;
 default ``$D2EXT_SHARED_DATA/wbc_seg/dataset2``), read through ``converters.wbc_seg``. Without
-``--test-data`` the converter's seeded 80/20 split is used; with it, training uses all of
-``--data`` and testing all of ``--test-data`` (any image size).
+``--test-data`` the converter's seeded 80/20 split is used; with it, training uses all of ``--data``
+and testing all of ``--test-data`` (any image size). Training runs in ``tools/train_net.py``
+(``train_within_budget``), which sees ``--data`` as ``$D2EXT_SHARED_DATA/wbc_seg/dataset2``
+through a link in the row's output folder.
 
-For each mode (binary: cell vs background; 3class: background / cytoplasm / nucleus) the U-Net
-of ``configs/wbc_seg/unet_classic_<mode>.yaml`` is trained through the d2ext ``Trainer`` for as
-many iterations as fit in ``--budget-min`` minutes (measured on a few warm-up steps; cosine LR),
-then evaluated with ``SegmentationMetricsEvaluator`` on the test images at full resolution;
-Otsu and k-means (``d2ext.evaluation.classical``) run on the same images. On a CPU the U-Net is
-the classic architecture at 1/4 width (16 -> 256 channels, ``--wbc-width``) on images resized to
-a 128-pixel short side (``--wbc-size``); predictions are upsampled back to full size.
+Models (``--wbc-models``, configs in ``configs/wbc_seg/``): ``unet`` = ``unet_classic_<mode>``
+at 1/4 width (``--wbc-width`` 16: 16 -> 256 channels), ``deeplabv3`` = ``deeplabv3_R34_<mode>``,
+``mask_rcnn`` = ``mask_rcnn_R34_FPN`` (binary only: its painted instance masks are scored as a
+label map). Each trains with its config's recipe (``--wbc-recipe shift``: scale 0.4x-3x, crops,
+flips, colour / stain / blur augmentation, inference at a fixed factor of each image's own size;
+README "WBC segmentation recipe"), or with the recipe before it (``none``: Detectron2's
+ResizeShortestEdge jitter + horizontal flip, test images resized to a fixed short side:
+``--wbc-size`` for the U-Net, 160 for the others). On a CPU every image is first scaled by
+``--wbc-scale`` (``INPUT.AUG.BASE_SCALE``; 0.43: 300x300 -> 129x129, the working size of the recipe
+before); predictions are pasted back at
+full size and scored there with ``SegmentationMetricsEvaluator``.
 
-Rows (Dice/IoU/accuracy are fractions): ``wbc_seg/<method>/<mode>`` = foreground Dice (mean
-over the non-background classes), ``.../mIoU``, ``.../pixel_acc``; for U-Net also
-``.../latency_ms`` (first test image, 300x300 for dataset2: resize + forward + upsample, batch 1)
-and ``.../peak_train_mem`` (peak RSS of the process after training, MiB); and
-``wbc_seg/unet_classic/params`` (the full-width classic U-Net of the configs, 2 classes).
+Shifts (``wbc_seg_shift``; ``d2ext.data.augmentations.SHIFTS``): the test images and labels zoomed
+in x2 / x2.5 / x3 and cropped back to their size (seeded window), zoomed out x0.5, hue +30
+degrees, saturation x0.5, brightness x0.7, blurred (sigma 2), beside the unshifted images; written
+under ``<output>/shifts/`` and registered as sem-seg datasets. Otsu and k-means run on the same
+images.
+
+Rows (Dice / IoU / accuracy are fractions): ``wbc_seg/<method>/<mode>`` = foreground Dice (mean
+over the non-background classes), ``.../mIoU``, ``.../pixel_acc``, ``.../per_image_dice`` (mean of
+the per-image Dice; notes: the share below 0.5 and the worst images); trained models add
+``.../latency_ms`` and ``.../peak_train_mem``; Mask R-CNN adds ``/segm_AP`` and ``/box_AP`` (COCO,
+on the instance view). ``wbc_seg_shift/<method>/<mode>/<shift>`` = pooled foreground Dice (peer:
+the better classical method on that shift; notes: per-image mean, share below 0.5, worst 3 and
+the drop against unshifted), and per method ``.../worst_shift`` (lowest Dice over the shifts) and
+``.../max_drop`` (unshifted minus that). Per-image Dice of every image and overlays of the worst
+images are in ``<output>/<row>/eval/<method>/<dataset>/``.
 """
-import argparse
 import hashlib
 import logging
-import math
 import os
-import tempfile
-import time
+from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
-from tools.bench.common import Result, peak_rss_mb, seconds_per_train_step, time_call
+from tools.bench.common import Result, latency_ms, row_output, train_within_budget
 
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = {"binary": "binary", "3class": "three_class"}  # config tag -> converter mode
+MODELS = ("unet", "deeplabv3", "mask_rcnn")
+CLASSICAL = ("otsu", "kmeans")
+# U-Net / DeepLab / Mask R-CNN configs of each mode
+CONFIGS = {"unet": "unet_classic_{mode}.yaml", "deeplabv3": "deeplabv3_R34_{mode}.yaml",
+           "mask_rcnn": "mask_rcnn_R34_FPN.yaml"}
+SHIFT_SEED = 0
+
+
+# the names of d2ext.data.augmentations.SHIFTS (not imported here: --help must not import torch)
+SHIFT_NAMES = ("unshifted", "zoom_in_x2", "zoom_in_x2.5", "zoom_in_x3", "zoom_out_x0.5", "hue_+30deg",
+               "saturation_x0.5", "brightness_x0.7", "blur_sigma2")
 
 
 def add_arguments(parser):
-    for args, kw in [
-        (("--data",), dict(default=None, help="wbc_seg: folder of NNN.bmp + NNN.png to train on "
-                           "(default $D2EXT_SHARED_DATA/wbc_seg/dataset2)")),
-        (("--test-data",), dict(default=None, help="wbc_seg: folder of the same format to test on "
-                                "(default: the 80/20 split of --data)")),
-        (("--budget-min",), dict(type=float, default=10.0, help="training budget in minutes per model "
-                                 "(wbc_seg: per mode)")),
-        (("--wbc-modes",), dict(nargs="+", default=["binary", "3class"], choices=sorted(MODES),
-                                help="wbc_seg: label modes to run")),
-        (("--wbc-width",), dict(type=int, default=16, help="wbc_seg: U-Net first-level channels (classic 64)")),
-        (("--wbc-size",), dict(type=int, default=128, help="wbc_seg: short side the U-Net sees (0 = native)")),
-    ]:
-        try:
-            parser.add_argument(*args, **kw)
-        except argparse.ArgumentError:
-            pass
+    parser.add_argument("--wbc-modes", nargs="+", default=["binary", "3class"], choices=sorted(MODES),
+                        help="wbc_seg / wbc_seg_shift: label modes to run (Mask R-CNN: binary only)")
+    parser.add_argument("--wbc-models", nargs="+", default=list(MODELS), choices=MODELS,
+                        help="wbc_seg_shift: models to train and test")
+    parser.add_argument("--wbc-recipe", default="shift", choices=("shift", "none"),
+                        help="wbc_seg rows: train with the configs' scale/stain recipe, or with the one "
+                             "before it (resize to a fixed side + horizontal flip) for a before/after")
+    parser.add_argument("--wbc-shifts", nargs="+", default=list(SHIFT_NAMES), choices=SHIFT_NAMES,
+                        help="wbc_seg_shift: shifts to test on")
+    parser.add_argument("--wbc-width", type=int, default=16, help="wbc_seg: U-Net first-level channels (classic 64)")
+    parser.add_argument("--wbc-scale", type=float, default=0.43,
+                        help="wbc_seg rows: INPUT.AUG.BASE_SCALE, the factor every image is resized by "
+                             "(train and test; 1 = native; 0.43 = the 128-px side of 300 of --wbc-recipe none)")
+    parser.add_argument("--wbc-size", type=int, default=128,
+                        help="wbc_seg rows, --wbc-recipe none: the U-Net's fixed short side")
 
 
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
 def _default_data() -> Path:
-    root = Path(os.environ.get("D2EXT_SHARED_DATA", REPO.parent / "shared" / "data"))
-    return root / "wbc_seg" / "dataset2"
+    from d2ext.core import data_root
+
+    return Path(data_root()) / "wbc_seg" / "dataset2"
 
 
-def _register(data: Path, test_data, mode: str, label_root: Path):
-    from converters.wbc_seg import register_wbc_seg
+class _Data:
+    """Dataset names for one label mode, in this process and in the training subprocess."""
 
-    key = f"{Path(data).resolve()}|{Path(test_data).resolve() if test_data else ''}"
-    tag = f"bench_wbc_{mode}_{hashlib.md5(key.encode()).hexdigest()[:8]}"
-    if test_data is None:
-        train = register_wbc_seg(f"{tag}_train", data, mode, "train", label_root / "train")
-        test = register_wbc_seg(f"{tag}_test", data, mode, "test", label_root / "test")
+    def __init__(self, args, mode_tag: str, out: Path):
+        from converters.builtin import register_builtin_datasets
+        from converters.wbc_seg import register_wbc_instances, register_wbc_seg
+
+        mode = MODES[mode_tag]
+        data = Path(args.data).resolve() if args.data else _default_data()
+        if not data.is_dir():
+            raise SystemExit(f"wbc_seg: data folder {data} not found (give --data DIR of NNN.bmp + NNN.png)")
+        self.env_root = None
+        if args.data:
+            # train_net.py registers the built-in datasets from $D2EXT_SHARED_DATA: point it at a link
+            root = out / "data_root"
+            link = root / "wbc_seg" / "dataset2"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(data, target_is_directory=True)
+            self.env_root = str(root)
+        try:
+            register_builtin_datasets(self.env_root)
+        except ValueError as e:
+            raise SystemExit(f"wbc_seg: --data {data} conflicts with datasets registered earlier in this "
+                             f"run ({e}); run the WBC rows in a benchmark command of their own") from None
+        self.train = (f"wbc_seg_{mode_tag}_train",)
+        self.test = f"wbc_seg_{mode_tag}_test"
+        self.inst_train, self.inst_test = ("wbc_inst_train",), "wbc_inst_test"
+        if args.test_data:
+            test_data = Path(args.test_data).resolve()
+            if not test_data.is_dir():
+                raise SystemExit(f"wbc_seg: --test-data folder {test_data} not found")
+            tag = "bench_wbc_" + hashlib.md5(str(test_data).encode()).hexdigest()[:8]
+            self.train = (f"wbc_seg_{mode_tag}_train", f"wbc_seg_{mode_tag}_test")  # all of --data
+            self.inst_train = ("wbc_inst_train", "wbc_inst_test")
+            self.test = register_wbc_seg(f"{tag}_{mode_tag}_test", test_data, mode, "all",
+                                         out / "labels" / f"{tag}_{mode_tag}")
+            self.inst_test = register_wbc_instances(f"{tag}_inst_test", test_data, "all")
+
+    @contextmanager
+    def training_env(self):
+        """``$D2EXT_SHARED_DATA`` for the training subprocess (restored afterwards)."""
+        old = os.environ.get("D2EXT_SHARED_DATA")
+        if self.env_root:
+            os.environ["D2EXT_SHARED_DATA"] = self.env_root
+        try:
+            yield
+        finally:
+            if self.env_root:
+                if old is None:
+                    os.environ.pop("D2EXT_SHARED_DATA", None)
+                else:
+                    os.environ["D2EXT_SHARED_DATA"] = old
+
+
+def build_shifted_sets(test_name: str, out: Path, shifts, seed: int = SHIFT_SEED) -> "OrderedDict[str, str]":
+    """Write every shift of ``test_name``'s images + labels under ``out/<shift>/`` and register
+    each as a sem-seg dataset; returns ``{shift: dataset name}``."""
+    import numpy as np
+    from PIL import Image
+
+    from d2ext.core import atomic_save_image
+    from d2ext.data.augmentations import apply_shift
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    records = DatasetCatalog.get(test_name)
+    meta = MetadataCatalog.get(test_name)
+    names = OrderedDict()
+    for shift in shifts:
+        folder = out / shift
+        dicts = []
+        for i, d in enumerate(records):
+            with Image.open(d["file_name"]) as im:
+                image = np.asarray(im.convert("RGB"))
+            with Image.open(d["sem_seg_file_name"]) as im:
+                labels = np.asarray(im)
+            image, labels = apply_shift(shift, image, labels, seed=seed * 100003 + i)
+            stem = Path(d["file_name"]).stem
+            img_file, lab_file = folder / f"{stem}.png", folder / "labels" / f"{stem}.png"
+            atomic_save_image(img_file, image)
+            atomic_save_image(lab_file, labels.astype(np.uint8))
+            dicts.append({"file_name": str(img_file), "sem_seg_file_name": str(lab_file),
+                          "height": image.shape[0], "width": image.shape[1], "image_id": i})
+        name = f"{test_name}_shift_{shift}_{hashlib.md5(str(folder).encode()).hexdigest()[:6]}"
+        if name not in DatasetCatalog.list():
+            DatasetCatalog.register(name, lambda dicts=dicts: dicts)
+            MetadataCatalog.get(name).set(stuff_classes=list(meta.stuff_classes),
+                                          ignore_label=getattr(meta, "ignore_label", 255), evaluator_type="sem_seg")
+        names[shift] = name
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# training and scoring
+# --------------------------------------------------------------------------------------------
+def _recipe_opts(model: str, args) -> list:
+    """Config overrides for a CPU run of ``model`` with ``--wbc-recipe``."""
+    opts = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
+    if model == "unet":
+        widths = [args.wbc_width * 2 ** i for i in range(5)]
+        opts += ["MODEL.UNET.ENCODER_CHANNELS", str(widths), "MODEL.UNET.DECODER_CHANNELS", str(widths[-2::-1]),
+                 "SOLVER.BASE_LR", "0.05"]
+    if args.wbc_recipe == "none":  # the recipe before: fixed short side, horizontal flip only
+        size = args.wbc_size if model == "unet" else 160
+        opts += ["INPUT.DATASET_MAPPER_NAME", "", "INPUT.AUG.TRAIN", "[]",
+                 "INPUT.MIN_SIZE_TRAIN", f"({int(size * 0.9)}, {size}, {int(size * 1.1)})",
+                 "INPUT.MAX_SIZE_TRAIN", "10000", "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", "10000",
+                 "INPUT.RANDOM_FLIP", "horizontal"]
     else:
-        train = register_wbc_seg(f"{tag}_train", data, mode, "all", label_root / "train")
-        test = register_wbc_seg(f"{tag}_test", test_data, mode, "all", label_root / "test")
-    return train, test
+        opts += ["INPUT.AUG.BASE_SCALE", str(args.wbc_scale)]
+    return opts
 
 
-def _unet_cfg(mode_tag, train_name, test_name, out_dir, width, size, max_iter):
-    from d2ext.engine import setup_cfg
+def _train(model: str, mode_tag: str, data: _Data, args, row: str):
+    """``(BudgetRun, model in eval mode)``: ``model`` trained within ``--budget-min``."""
+    from detectron2.checkpoint import DetectionCheckpointer
 
-    widths = [width * 2**i for i in range(5)]
-    opts = [
-        "MODEL.UNET.ENCODER_CHANNELS", widths,
-        "MODEL.UNET.DECODER_CHANNELS", widths[-2::-1],
-        "DATASETS.TRAIN", (train_name,), "DATASETS.TEST", (test_name,),
-        # Scale jitter around the working size; the test size is the working size.
-        "INPUT.MIN_SIZE_TRAIN", (int(size * 0.9), size, int(size * 1.1)) if size else (0,),
-        "INPUT.MIN_SIZE_TEST", size,
-        "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.BASE_LR", 0.05,
-        "SOLVER.MAX_ITER", max_iter,
-        "SOLVER.WARMUP_ITERS", min(50, max(1, max_iter // 10)),
-        "SOLVER.CHECKPOINT_PERIOD", 10**9,
-        "TEST.NUM_VIS_IMAGES", 4,
-        "OUTPUT_DIR", str(out_dir),
-        "SEED", 0,
-    ]
-    return setup_cfg(str(REPO / "configs" / "wbc_seg" / f"unet_classic_{mode_tag}.yaml"), opts)
+    from d2ext.engine import Trainer
+
+    config = REPO / "configs" / "wbc_seg" / CONFIGS[model].format(mode=mode_tag)
+    train = data.inst_train if model == "mask_rcnn" else data.train
+    opts = _recipe_opts(model, args) + ["DATASETS.TRAIN", str(tuple(train))]
+    with data.training_env():
+        run = train_within_budget(str(config), os.path.join(row_output(args, row), model), args.budget_min,
+                                  opts=opts, register_real_data=False)
+    net = Trainer.build_model(run.cfg)
+    DetectionCheckpointer(net).load(os.path.join(run.output_dir, "model_final.pth"))
+    return run, net.eval()
 
 
-def _latency_ms(cfg, model, test_name):
-    """Median ms per image of resize + forward + upsample on the first test image, and its size."""
-    import torch
+def _score(method: str, net, cfg, dataset: str, out_dir: str):
+    """``(results in percent, per-image report)`` of ``method`` on a sem-seg dataset."""
+    if method in CLASSICAL:
+        from d2ext.evaluation.classical import evaluate_classical
+
+        res = evaluate_classical(dataset, method, out_dir)  # also writes per_image_dice.json there
+        return res, _saved_report(out_dir)
+    from detectron2.evaluation import inference_on_dataset
+
+    from d2ext.engine import Trainer
+    from d2ext.evaluation.mask_sem_seg import MaskToSemSegEvaluator
+    from d2ext.evaluation.segmentation import SegmentationMetricsEvaluator
+
+    if method == "mask_rcnn":
+        ev = MaskToSemSegEvaluator(dataset, out_dir, score_thresh=cfg.TEST.MASK_SEM_SEG_SCORE_THRESH,
+                                   distributed=False, num_vis=cfg.TEST.NUM_VIS_IMAGES)
+    else:
+        ev = SegmentationMetricsEvaluator(dataset, out_dir, distributed=False, num_vis=cfg.TEST.NUM_VIS_IMAGES)
+    res = inference_on_dataset(net, Trainer.build_test_loader(cfg, dataset), ev)
+    return next(iter(res.values())), ev.per_image_report()
+
+
+def _saved_report(out_dir: str):
+    """The per-image report the evaluator wrote to ``out_dir/per_image_dice.json``."""
+    import json
+
+    from d2ext.evaluation.segmentation import per_image_summary
+
+    with open(os.path.join(out_dir, "per_image_dice.json")) as f:
+        saved = json.load(f)
+    return per_image_summary([(a, float("nan") if b is None else b) for a, b in saved["images"]])
+
+
+def _per_image_note(report, worst: int = 3) -> str:
+    if not report["num_images"]:
+        return "per image: no scored image"
+    names = ", ".join(f"{Path(f).stem} {d:.2f}" for f, d in report["worst"][:worst])
+    return (f"per image: mean {report['mean_dice']:.3f}, {100 * report['fraction_below']:.0f}% below 0.5, "
+            f"worst {names}")
+
+
+def _seg_rows(row: str, res, report, note: str = ""):
+    return [Result(row, res["fgDice"] / 100, "Dice", notes=note),
+            Result(f"{row}/mIoU", res["mIoU"] / 100, "IoU"),
+            Result(f"{row}/pixel_acc", res["pACC"] / 100, "acc"),
+            Result(f"{row}/per_image_dice", report["mean_dice"], "Dice", notes=_per_image_note(report, 5))]
+
+
+def _train_note(model: str, run, args) -> str:
+    recipe = ("scale/stain recipe, test at x%g of each image" % args.wbc_scale if args.wbc_recipe == "shift"
+              else "recipe before: fixed short side + hflip")
+    return f"{model} from scratch, {run.note()}, CPU (budget {args.budget_min:g} min); {recipe}"
+
+
+def _threads_note() -> str:
+    return f"OMP threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+
+
+def _trained_rows(model: str, mode_tag: str, args, row: str):
+    """Rows of one trained model on the (unshifted) test split."""
     from detectron2.data import DatasetCatalog
 
     from d2ext.data import build_dataset_mapper
 
-    record = DatasetCatalog.get(test_name)[0]
-    inputs = [build_dataset_mapper(cfg, False)(record)]
-    model.eval()
-    with torch.no_grad():
-        times = time_call(lambda: model(inputs), repeat=5, warmup=1)
-    return 1000 * sorted(times)[len(times) // 2], f"{record['height']}x{record['width']}"
+    out = Path(row_output(args, row))
+    data = _Data(args, mode_tag, out)
+    run, net = _train(model, mode_tag, data, args, row)
+    res, report = _score(model, net, run.cfg, data.test, str(out / "eval" / model / data.test))
+    rows = _seg_rows(row, res, report, _train_note(model, run, args))
+    if model == "mask_rcnn":
+        from tools.bench.common import coco_ap
+
+        cfg = run.cfg.clone()
+        cfg.defrost()
+        cfg.DATASETS.TEST = (data.inst_test,)
+        cfg.TEST.MASK_SEM_SEG_DATASETS = []
+        cfg.freeze()
+        from d2ext.engine import Trainer
+
+        coco = Trainer.test(cfg, net)
+        rows += [Result(f"{row}/segm_AP", coco_ap(coco, "segm"), "AP", notes=f"COCO mask AP on {data.inst_test}"),
+                 Result(f"{row}/box_AP", coco_ap(coco, "bbox"), "AP")]
+    record = DatasetCatalog.get(data.test)[0]
+    inputs = [build_dataset_mapper(run.cfg, False)(record)]
+    rows += [Result(f"{row}/latency_ms", latency_ms(net, inputs), "ms",
+                    notes=f"one {record['height']}x{record['width']} image, batch 1, CPU, {_threads_note()}"),
+             Result(f"{row}/peak_train_mem", run.peak_mib, "MiB", notes="peak RSS of the training process")]
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# rows
+# --------------------------------------------------------------------------------------------
+def run_wbc_seg(args):
+    """U-Net vs Otsu vs k-means on white-blood-cell images (Dice, mIoU, pixel accuracy, per image)."""
+    import d2ext.engine  # noqa: F401  (registers every d2ext component)
+
+    results = [Result("wbc_seg/unet_classic/params", _classic_params() / 1e6, "M params",
+                      notes="configs/wbc_seg/unet_classic_binary.yaml (Ronneberger et al. 2015: ~31M)")]
+    for mode_tag in args.wbc_modes:
+        row = f"wbc_seg/unet/{mode_tag}"
+        results += _trained_rows("unet", mode_tag, args, row)
+        out = Path(row_output(args, row))
+        test = _Data(args, mode_tag, out).test
+        for method in CLASSICAL:
+            res, report = _score(method, None, None, test, str(out / "eval" / method / test))
+            results += _seg_rows(f"wbc_seg/{method}/{mode_tag}", res, report, "darker = higher class id")
+    return results
 
 
 def _classic_params() -> int:
     from d2ext.engine import setup_cfg
     from detectron2.modeling import build_model
 
-    model = build_model(setup_cfg(str(REPO / "configs" / "wbc_seg" / "unet_classic_binary.yaml")))
+    model = build_model(setup_cfg(str(REPO / "configs" / "wbc_seg" / "unet_classic_binary.yaml"),
+                                  ["MODEL.DEVICE", "cpu"]))
     return sum(p.numel() for p in model.parameters())
 
 
-def run_wbc_seg(args):
-    """U-Net vs Otsu vs k-means on white-blood-cell images (Dice, mIoU, pixel accuracy)."""
-    import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
-    from d2ext.engine import Trainer
-    from d2ext.evaluation.classical import evaluate_classical
+def run_deeplab_binary(args):
+    """DeepLabv3 R34 on WBC, binary: foreground Dice, mIoU, pixel accuracy, per image, latency, memory."""
+    import d2ext.engine  # noqa: F401
 
-    data = Path(args.data) if args.data else _default_data()
-    if not data.is_dir():
-        raise SystemExit(f"wbc_seg: data folder {data} not found (give --data DIR of NNN.bmp + NNN.png)")
-    test_data = Path(args.test_data) if args.test_data else None
-    budget_s = 60.0 * args.budget_min
-    work = Path(tempfile.mkdtemp(prefix="d2ext_wbc_bench_"))
-    results = [Result("wbc_seg/unet_classic/params", _classic_params() / 1e6, "M params",
-                      notes="configs/wbc_seg/unet_classic_binary.yaml (Ronneberger et al. 2015: ~31M)")]
+    return _trained_rows("deeplabv3", "binary", args, "wbc_seg/deeplabv3/binary")
+
+
+def run_deeplab_3class(args):
+    """DeepLabv3 R34 on WBC, 3 classes: foreground Dice, mIoU, pixel accuracy, per image, latency, memory."""
+    import d2ext.engine  # noqa: F401
+
+    return _trained_rows("deeplabv3", "3class", args, "wbc_seg/deeplabv3/3class")
+
+
+def run_mask_rcnn_binary(args):
+    """Mask R-CNN R34-FPN on WBC: painted masks' Dice (as U-Net), segm/box AP, latency, memory."""
+    import d2ext.engine  # noqa: F401
+
+    return _trained_rows("mask_rcnn", "binary", args, "wbc_seg/mask_rcnn/binary")
+
+
+def run_wbc_seg_shift(args):
+    """Trained segmenters and Otsu / k-means on the WBC test split under zoom, stain and blur shifts."""
+    import d2ext.engine  # noqa: F401
+
+    results = []
     for mode_tag in args.wbc_modes:
-        train_name, test_name = _register(data, test_data, MODES[mode_tag], work / "labels" / mode_tag)
-        out_dir = work / mode_tag
-        t_probe = time.perf_counter()
-        probe = _unet_cfg(mode_tag, train_name, test_name, out_dir, args.wbc_width, args.wbc_size, 1)
-        sec_per_iter = seconds_per_train_step(probe)
-        left_s = budget_s - (time.perf_counter() - t_probe)
-        # Data loading and logging cost ~10% on top of the compute measured here.
-        max_iter = max(10, int(0.9 * left_s / sec_per_iter))
-        cfg = _unet_cfg(mode_tag, train_name, test_name, out_dir, args.wbc_width, args.wbc_size, max_iter)
-        logger.info("wbc_seg %s: training %d iterations (budget %.1f min)", mode_tag, max_iter, args.budget_min)
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=False)
-        trainer.train()
-        train_min = (time.perf_counter() - t_probe) / 60  # probe + build + train
-        mem = peak_rss_mb()
-        model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
-        # The Trainer's EvalHook already evaluated the final model on DATASETS.TEST.
-        last = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, model)
-        scores = {"unet": last["sem_seg"]}
-        for method in ("otsu", "kmeans"):
-            scores[method] = evaluate_classical(test_name, method, str(work / f"{method}_{mode_tag}"))
-        n_params = sum(p.numel() for p in model.parameters())
-        unet_note = (f"U-Net width {args.wbc_width}, {n_params / 1e6:.2f}M params, {max_iter} iters in "
-                     f"{train_min:.1f} min CPU, short side {args.wbc_size or 'native'}; overlays in {work}")
-        for method, res in scores.items():
-            peer = None if method == "otsu" else "otsu"
-            note = unet_note if method == "unet" else "darker = higher class id"
-            base = f"wbc_seg/{method}/{mode_tag}"
-            for suffix, key, unit in (("", "fgDice", "Dice"), ("/mIoU", "mIoU", "IoU"), ("/pixel_acc", "pACC", "acc")):
-                v = res[key] / 100
-                pv = scores["otsu"][key] / 100 if peer else None
-                results.append(Result(base + suffix, v, unit, peer, pv, note if not suffix else ""))
-        ms, size = _latency_ms(cfg, model, test_name)
-        results.append(Result(f"wbc_seg/unet/{mode_tag}/latency_ms", ms, "ms",
-                              notes=f"one {size} image, batch 1, CPU, OMP threads "
-                                    f"{os.environ.get('OMP_NUM_THREADS', 'default')}"))
-        results.append(Result(f"wbc_seg/unet/{mode_tag}/peak_train_mem", mem, "MiB", notes="process peak RSS"))
-        if not all(math.isfinite(r.value) for r in results):
-            logger.warning("wbc_seg: some metrics are undefined (a class absent from the test truth)")
+        row = f"wbc_seg_shift/{mode_tag}"
+        out = Path(row_output(args, row))
+        data = _Data(args, mode_tag, out)
+        shifted = build_shifted_sets(data.test, out / "shifts", args.wbc_shifts)
+        scores = OrderedDict()  # method -> shift -> (res, report)
+        notes = {}
+        for method in CLASSICAL:
+            scores[method] = OrderedDict()
+            for shift, name in shifted.items():
+                scores[method][shift] = _score(method, None, None, name, str(out / "eval" / method / shift))
+        for model in args.wbc_models:
+            if model == "mask_rcnn" and mode_tag != "binary":
+                continue
+            run, net = _train(model, mode_tag, data, args, row)
+            notes[model] = _train_note(model, run, args)
+            scores[model] = OrderedDict(
+                (shift, _score(model, net, run.cfg, name, str(out / "eval" / model / shift)))
+                for shift, name in shifted.items())
+        for method, per_shift in scores.items():
+            base = per_shift.get("unshifted", (None,))[0]
+            dice = {s: r["fgDice"] / 100 for s, (r, _) in per_shift.items()}
+            for shift, (res, report) in per_shift.items():
+                best_classical = max(scores[c][shift][0]["fgDice"] for c in CLASSICAL) / 100
+                note = _per_image_note(report)
+                if base is not None and shift != "unshifted":
+                    note += f"; {dice[shift] - base['fgDice'] / 100:+.3f} vs unshifted"
+                if shift == "unshifted" and method in notes:
+                    note = notes[method] + "; " + note
+                peer = None if method in CLASSICAL else "best classical"
+                results.append(Result(f"wbc_seg_shift/{method}/{mode_tag}/{shift}", dice[shift], "Dice",
+                                      peer, None if peer is None else best_classical, note))
+            worst = min(dice, key=dice.get)
+            results.append(Result(f"wbc_seg_shift/{method}/{mode_tag}/worst_shift", dice[worst], "Dice",
+                                  notes=f"lowest Dice over the shifts: {worst}"))
+            if base is not None:
+                results.append(Result(f"wbc_seg_shift/{method}/{mode_tag}/max_drop",
+                                      base["fgDice"] / 100 - dice[worst], "Dice",
+                                      notes="unshifted Dice minus the lowest shifted Dice"))
     return results
 
 
-ROWS = {"wbc_seg": run_wbc_seg}
+ROWS = {
+    "wbc_seg": run_wbc_seg,
+    "wbc_seg_shift": run_wbc_seg_shift,
+    "wbc_seg/deeplabv3/binary": run_deeplab_binary,
+    "wbc_seg/deeplabv3/3class": run_deeplab_3class,
+    "wbc_seg/mask_rcnn/binary": run_mask_rcnn_binary,
+}

@@ -1,4 +1,5 @@
-"""Darknet backbones of the YOLO family: Darknet-53 (YOLOv3), Darknet-19 (YOLOv2) and the
+"""Darknet backbones of the YOLO family: Darknet-53 (YOLOv3), Darknet-19 (YOLOv2), the
+yolov3-tiny backbone and the
 24-convolution YOLOv1 network (plus its 9-convolution "Fast YOLO" variant).
 
 Every convolution is Conv (no bias) + BatchNorm + LeakyReLU(0.1), as in Darknet's ``[convolutional]
@@ -13,6 +14,7 @@ builder       features                                    channels (WIDTH_MULT =
 ============  ==========================================  =============================
 Darknet-53    dark3 (s8), dark4 (s16), dark5 (s32)        256, 512, 1024
 Darknet-19    dark4 (s16, passthrough source), dark5 (s32)  512, 1024
+tiny (v3)     dark4 (s16), dark5 (s32)                    256, 1024
 YOLOv1 net    dark6 (s64; 7x7 at 448)                     1024
 ============  ==========================================  =============================
 """
@@ -30,9 +32,11 @@ __all__ = [
     "DarknetResidual",
     "Darknet53",
     "Darknet19",
+    "DarknetTiny",
     "YOLOv1Net",
     "build_darknet53_backbone",
     "build_darknet19_backbone",
+    "build_darknet_tiny_backbone",
     "build_yolov1_backbone",
     "reorg",
 ]
@@ -114,6 +118,10 @@ class _DarknetBase(Backbone):
             for name in self._out_features
         }
 
+    def darknet_layers(self) -> List[nn.Module]:
+        """Every convolution in Darknet's cfg order (which is the order they are built in)."""
+        return [m for m in self.stages.modules() if isinstance(m, ConvBNLeaky)]
+
     def freeze(self, freeze_at: int = 0):
         """Freeze the stem (``freeze_at >= 1``) and the first ``freeze_at - 1`` stages after it,
         as Detectron2's ResNet does: no gradients, BatchNorm turned into FrozenBatchNorm."""
@@ -182,6 +190,50 @@ class Darknet19(_DarknetBase):
                 out = _ch(out, width_mult)
                 layers.append(ConvBNLeaky(c, out, k, **kw))
                 c = out
+            stages[name] = nn.Sequential(*layers)
+            self._out_feature_channels[name] = c
+            self._out_feature_strides[name] = 2**i
+        self.stages = nn.ModuleDict(stages)
+        self._check_out_features()
+
+
+class _MaxPoolSame(nn.Module):
+    """Darknet's ``[maxpool] size=2 stride=1``: the window reaches one pixel past the right and
+    bottom border (ignored), so (N, C, H, W) keeps its size. Replicate padding gives the same
+    maximum as skipping the outside pixels."""
+
+    def forward(self, x):
+        return F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, 1)
+
+
+class DarknetTiny(_DarknetBase):
+    """The yolov3-tiny backbone (Darknet ``yolov3-tiny.cfg``): 3x3 convs of 16 ... 1024 channels,
+    each of the first five followed by a 2x2/2 max-pool, then 512, a 2x2/1 max-pool and 1024.
+
+    ``dark4`` (stride 16, 256 ch) feeds the second detection level; ``dark5`` (stride 32, 1024 ch;
+    13x13 at 416) the first.
+    """
+
+    _SPEC = [("stem", [16]), ("dark1", ["M", 32]), ("dark2", ["M", 64]), ("dark3", ["M", 128]),
+             ("dark4", ["M", 256]), ("dark5", ["M", 512, "S", 1024])]
+
+    def __init__(self, out_features=("dark4", "dark5"), width_mult: float = 1.0, norm: str = "BN",
+                 negative_slope: float = 0.1):
+        super().__init__(out_features, size_divisibility=32)
+        kw = dict(norm=norm, negative_slope=negative_slope)
+        stages, c = {}, 3
+        self._out_feature_channels, self._out_feature_strides = {}, {}
+        for i, (name, spec) in enumerate(self._SPEC):
+            layers: List[nn.Module] = []
+            for item in spec:
+                if item == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                elif item == "S":
+                    layers.append(_MaxPoolSame())
+                else:
+                    out = _ch(item, width_mult)
+                    layers.append(ConvBNLeaky(c, out, 3, **kw))
+                    c = out
             stages[name] = nn.Sequential(*layers)
             self._out_feature_channels[name] = c
             self._out_feature_strides[name] = 2**i
@@ -269,6 +321,15 @@ def build_darknet19_backbone(cfg, input_shape: ShapeSpec):
 
 
 @BACKBONE_REGISTRY.register()
+def build_darknet_tiny_backbone(cfg, input_shape: ShapeSpec):
+    """The yolov3-tiny backbone from ``cfg.MODEL.DARKNET.*`` (OUT_FEATURES ["dark4", "dark5"])."""
+    if input_shape.channels != 3:
+        raise ValueError(f"Darknet-tiny expects 3 input channels, got {input_shape.channels}")
+    net = DarknetTiny(cfg.MODEL.DARKNET.OUT_FEATURES, **_common(cfg))
+    return net.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
 def build_yolov1_backbone(cfg, input_shape: ShapeSpec):
     """The YOLOv1 net; ``cfg.MODEL.DARKNET.V1_VARIANT`` is "full" (24 convs) or "fast" (9)."""
     if input_shape.channels != 3:
@@ -278,9 +339,19 @@ def build_yolov1_backbone(cfg, input_shape: ShapeSpec):
 
 
 def reorg(x: torch.Tensor, stride: int = 2) -> torch.Tensor:
-    """YOLOv2's passthrough ("reorg") layer: space-to-depth, (N, C, H, W) -> (N, C*s*s, H/s, W/s).
+    """YOLOv2's passthrough layer exactly as Darknet's ``[reorg]`` (and OpenCV's reader) computes
+    it: (N, C, H, W) -> (N, C*s*s, H/s, W/s), so Darknet ``.weights`` load unchanged.
 
-    Darknet's reorg orders the output channels differently (a quirk of its memory layout); the
-    information is the same and only matters when loading Darknet weights, which d2ext does not.
+    Darknet's ``reorg_cpu(..., forward=0)`` reads its input as if it were ``(C/s^2, H*s, W*s)``
+    and writes ``out[k, j, i] = in'[k % (C/s^2), j*s + (k // (C/s^2)) // s, i*s + (k // (C/s^2)) % s]``
+    into a ``(C, H, W)`` buffer that the next layer reads as ``(C*s*s, H/s, W/s)``: a
+    space-to-depth with scrambled rows (a known quirk of that code). It holds the same
+    information as ``pixel_unshuffle``; only the channel/pixel order differs. No library offers
+    this ordering, hence the hand-written reshape.
     """
-    return F.pixel_unshuffle(x, stride)
+    n, c, h, w = x.shape
+    if c % (stride * stride) or h % stride or w % stride:
+        raise ValueError(f"reorg: (C, H, W) = {(c, h, w)} not divisible by stride {stride}")
+    out_c = c // (stride * stride)
+    y = x.reshape(n, out_c, h, stride, w, stride).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * stride * stride, h // stride, w // stride)

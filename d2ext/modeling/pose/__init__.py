@@ -1,12 +1,7 @@
-"""Pose -> cricket shot: keypoint features (``features``) and synthetic batsmen (``synthetic``)."""
-from .features import (COCO_FLIP_INDICES, COCO_KEYPOINT_NAMES, PoseFeatureExtractor, flip_indices,
-                       joint_angles, keypoint_mask, mirror_keypoints, normalize_keypoints, persons_to_tensors,
-                       select_main_person, wrist_heights)
-from .synthetic import SYNTHETIC_SHOT_CLASSES, generate_poses, synthetic_head_accuracy, synthetic_pose_records
+"""Pose -> cricket shot, the model side: keypoint backends (Detectron2, MediaPipe BlazePose) and
+in-process experiments on synthetic batsmen. Pose features and the synthetic batsmen themselves
+live in :mod:`d2ext.data.pose_features` and :mod:`d2ext.data.synthetic_pose` (data and models both
+use them)."""
+from .experiments import fused_vs_single_accuracy, synthetic_head_accuracy
 
-__all__ = [
-    "COCO_FLIP_INDICES", "COCO_KEYPOINT_NAMES", "PoseFeatureExtractor", "flip_indices", "joint_angles",
-    "keypoint_mask", "mirror_keypoints", "normalize_keypoints", "persons_to_tensors", "select_main_person",
-    "wrist_heights", "SYNTHETIC_SHOT_CLASSES", "generate_poses", "synthetic_head_accuracy",
-    "synthetic_pose_records",
-]
+__all__ = ["fused_vs_single_accuracy", "synthetic_head_accuracy"]

@@ -15,14 +15,13 @@ Records (:func:`synthetic_pose_records`) are the cricket converter's, with the i
      "label": 3, "class_name": "pull", "keypoints": [{"keypoints": [x, y, v] * 17,
                                                     "score": 0.93, "bbox": [x, y, w, h]}, ...]}
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .features import COCO_FLIP_INDICES
+from .pose_features import COCO_FLIP_INDICES
 
-__all__ = ["SHOT_POSES", "SYNTHETIC_SHOT_CLASSES", "stick_figure", "generate_poses", "synthetic_pose_records",
-           "synthetic_head_accuracy"]
+__all__ = ["SHOT_POSES", "SYNTHETIC_SHOT_CLASSES", "stick_figure", "generate_poses", "synthetic_pose_records"]
 
 # Mean angles in degrees: (torso lean, L upper arm, L elbow bend, R upper arm, R elbow bend,
 #                          L thigh, L knee bend, R thigh, R knee bend). L = front side.
@@ -161,46 +160,3 @@ def synthetic_pose_records(num: int, seed: int = 0, classes: Sequence[str] = SYN
         records.append({"file_name": f"synthetic://pose/{i:06d}", "height": image_size[0], "width": image_size[1],
                         "image_id": i, "label": label, "class_name": classes[label], "keypoints": persons})
     return records
-
-
-def synthetic_head_accuracy(normalization: str = "torso", num_train: int = 300, num_test: int = 1000,
-                            iters: int = 1500, seed: int = 0, joint_angles: bool = False,
-                            train_pose_kwargs: Optional[Dict] = None, test_pose_kwargs: Optional[Dict] = None,
-                            image_size: Tuple[int, int] = (480, 640)) -> float:
-    """Top-1 accuracy (0..1) of a ``ShotClassifierHead`` (2 x 128, dropout 0.1) trained in-process
-    on ``num_train`` synthetic batsmen and tested on ``num_test`` others (different seeds).
-
-    Both feature kinds get the same budget: Adam (lr 1e-3, wd 1e-4), ``iters`` batches of 64.
-    ``train_pose_kwargs`` / ``test_pose_kwargs`` go to :func:`generate_poses` (e.g. different
-    ``torso_px_range`` for a near -> far shift). Used by the tests and ``tools/benchmark.py
-    pose_synthetic``.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from ..heads.shot_head import ShotClassifierHead
-    from .features import PoseFeatureExtractor
-
-    torch.manual_seed(seed)
-    tr = generate_poses(num_train, seed=2 * seed + 100, image_size=image_size, **(train_pose_kwargs or {}))
-    te = generate_poses(num_test, seed=2 * seed + 101, image_size=image_size, **(test_pose_kwargs or {}))
-    fx = PoseFeatureExtractor(normalization, use_joint_angles=joint_angles, use_wrist_height=joint_angles)
-
-    def features(poses):
-        kps = torch.from_numpy(poses["keypoints"])
-        return fx(kps, torch.tensor([image_size]).expand(len(kps), 2)), torch.from_numpy(poses["labels"])
-
-    (x, y), (xt, yt) = features(tr), features(te)
-    head = ShotClassifierHead(input_dim=fx.dim, num_classes=len(SYNTHETIC_SHOT_CLASSES))
-    opt = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
-    head.train()
-    for _ in range(iters):
-        idx = torch.randint(0, num_train, (64,), generator=gen)
-        loss = F.cross_entropy(head(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    head.eval()
-    with torch.no_grad():
-        return float((head(xt).argmax(1) == yt).float().mean())
