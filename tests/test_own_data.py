@@ -3,6 +3,9 @@ check, a missing built-in dataset, and tools/evaluate.py's AP against hand-compu
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from d2ext.data.coco_files import (DatasetNotFoundError, NumClassesError, check_
 from d2ext.utils.metrics import average_precision, box_iou, coco_evaluate, plain_average_precision
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from tools._common import split_inputs
+
+REPO = str(Path(__file__).resolve().parents[1])
 
 TINY = "configs/shapes/retinanet_R18_FPN_tiny.yaml"
 CLASSES = ["disc", "block"]
@@ -199,9 +204,12 @@ def test_num_classes_mismatch_names_the_key(tmp_path):
 def test_missing_builtin_dataset_names_variable_and_folder(run_tool, tmp_path, monkeypatch):
     nowhere = tmp_path / "nowhere"
     monkeypatch.setenv("D2EXT_SHARED_DATA", str(nowhere))
-    with pytest.raises(DatasetNotFoundError) as e:
-        resolve_dataset("bccd_train")
-    assert str(nowhere / "bccd") in str(e.value) and "D2EXT_SHARED_DATA" in str(e.value)
+    # in a fresh process: this one may already hold bccd_train from an earlier test
+    code = ("from d2ext.data.coco_files import resolve_dataset, DatasetNotFoundError\n"
+            "try:\n    resolve_dataset('bccd_train')\nexcept DatasetNotFoundError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ, D2EXT_SHARED_DATA=str(nowhere))).stdout
+    assert str(nowhere / "bccd") in out and "D2EXT_SHARED_DATA" in out
     with pytest.raises(DatasetNotFoundError, match="COCO file .*nope.json not found"):
         resolve_dataset(str(tmp_path / "nope.json"))
     # the case, from the shell: one line, no traceback

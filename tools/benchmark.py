@@ -99,6 +99,9 @@ def main(argv=None):
     unknown = [r for r in args.rows if r not in registry]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; known: {sorted(registry)}")
+    from tools._common import setup_tool_logger
+
+    setup_tool_logger("d2ext")  # and Detectron2's: evaluation logs reach the run's output
     results, failed = [], []
     for name in args.rows:
         try:

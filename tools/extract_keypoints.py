@@ -53,7 +53,7 @@ def build_parser():
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--root", help="image folder: one sub-folder per class (cricket layout)")
     src.add_argument("--dataset", help="a registered dataset name (records with file_name)")
-    p.add_argument("--out", required=True, help="COCO keypoint JSON to write (resumed when it exists)")
+    p.add_argument("--output", "--out", dest="out", required=True, help="COCO keypoint JSON to write (resumed when it exists)")
     p.add_argument("--min-score", type=float, default=0.0, help="detectron2: drop persons below this score")
     p.add_argument("--max-persons", type=int, default=10, help="detectron2: keep at most this many persons")
     p.add_argument("--min-detection-confidence", type=float, default=0.5,

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.5, 1.0, 2.0], help="anchors: height / width")
     p.add_argument("--stride", type=float, default=128, help="anchors: centre spacing, pixels")
     p.add_argument("--iou", type=float, default=0.5, help="IoU for a positive patch")
-    p.add_argument("--out", required=True, help="patch CSV to write")
+    p.add_argument("--output", "--out", dest="out", required=True, help="patch CSV to write")
     add_debug_flag(p)
     return p
 

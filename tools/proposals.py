@@ -128,7 +128,7 @@ def write_proposal_file(records: Iterable[dict], path, **kwargs) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", nargs="+", required=True, help="registered Detectron2 dataset(s)")
-    p.add_argument("--out", required=True, help="proposal file (.pkl) to write")
+    p.add_argument("--output", "--out", dest="out", required=True, help="proposal file (.pkl) to write")
     p.add_argument("--max-proposals", type=int, default=300, help="per image (R-CNN: ~2000)")
     p.add_argument("--max-side", type=int, default=320, help="shrink images to this long side first (0: no)")
     p.add_argument("--min-size", type=float, default=8.0, help="drop boxes under this many pixels a side")

@@ -23,7 +23,7 @@ def build_parser():
     p.add_argument("--config-file", required=True, help="a PoseShotClassifier or FusedShotClassifier config")
     p.add_argument("--weights", default="", help="its trained checkpoint")
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
-    p.add_argument("--output-dir", required=True)
+    p.add_argument("--output", "--output-dir", dest="output_dir", required=True, help="folder for the pictures")
     p.add_argument("--keypoints", help="cached keypoints (tools/extract_keypoints.py output)")
     p.add_argument("--class-names", nargs="+", help="shot names in label order")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")

@@ -35,7 +35,7 @@ wbc_seg_shift``. Images there are RGB.
 """
 import math
 from collections import OrderedDict
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 from detectron2.data import DatasetMapper

@@ -168,13 +168,14 @@ def dataset_opts(args) -> List[str]:
 
 
 def row_output(args, row: str) -> str:
-    """This row's own folder under ``--output`` (a temp folder when ``--output`` is not given)."""
+    """This row's own folder (absolute) under ``--output`` (a temp folder when ``--output`` is not
+    given)."""
     root = getattr(args, "output", None)
     if not root:
         if not getattr(args, "_output_tmp", None):
             args._output_tmp = tempfile.mkdtemp(prefix="d2ext_bench_")
         root = args._output_tmp
-    return os.path.join(root, row.replace("/", "_"))
+    return os.path.abspath(os.path.join(root, row.replace("/", "_")))
 
 
 @dataclass
@@ -294,3 +295,15 @@ def detection_rows(base: str, run: BudgetRun, results: dict, note: str) -> List[
     rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
                        notes="peak RSS of the training process (data workers excluded)"))
     return rows
+
+
+def train_detector_rows(args, base: str, config: str, opts=()):
+    """Train a detector config within ``--budget-min`` (on ``--data`` / ``--test-data`` when they
+    name COCO files, else the config's datasets), evaluate it, and return ``(run, model, rows)``
+    with :func:`detection_rows` — the one path of every BCCD detector row."""
+    run = train_within_budget(str(config), row_output(args, base), args.budget_min,
+                              opts=[*opts, *dataset_opts(args)])
+    model, res = run.evaluate()
+    note = (f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU; "
+            f"{os.path.relpath(str(config), REPO)}")
+    return run, model, detection_rows(base, run, res, note)

@@ -112,12 +112,12 @@ def _first_test_input(cfg):
 
 
 def _evaluate(cfg, weights):
-    from detectron2.checkpoint import DetectionCheckpointer
+    from d2ext.checkpoint import SafeCheckpointer
 
     from d2ext.engine import Trainer
 
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model).load(weights)
     model.eval()
     return model, Trainer.test(cfg, model)
 
@@ -142,13 +142,13 @@ def run_method(method: str, args):
         import torch
 
         from d2ext.core import atomic_path
-        from detectron2.checkpoint import DetectionCheckpointer
+        from d2ext.checkpoint import SafeCheckpointer
 
         from d2ext.engine import Trainer
         from tools.train_rcnn_svm import fit_svm_stage
 
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model).load(weights)
+        SafeCheckpointer(model).load(weights)
         model.eval()
         t0 = time.perf_counter()
         counts = fit_svm_stage(cfg, model, max_images=args.lineage_svm_images)

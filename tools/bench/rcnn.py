@@ -21,8 +21,7 @@ import os
 import statistics
 from pathlib import Path
 
-from tools.bench.common import (Result, dataset_opts, detection_rows, row_output, time_call,
-                                train_within_budget)
+from tools.bench.common import Result, dataset_opts, time_call, train_detector_rows
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -40,15 +39,6 @@ def _ensure_datasets(*names):
     if missing:
         raise SystemExit(f"datasets {missing} not found (set D2EXT_SHARED_DATA to the folder holding "
                          f"bccd/ and wbc_seg/)")
-
-
-def _train(config: Path, row: str, args):
-    """Train ``config`` within ``--budget-min`` (the shared rule), then evaluate it here:
-    ``(BudgetRun, model, results)``."""
-    run = train_within_budget(str(config), row_output(args, row), args.budget_min,
-                              opts=["MODEL.DEVICE", "cpu", *dataset_opts(args)])
-    model, res = run.evaluate()
-    return run, model, res
 
 
 def _latency_ms(cfg, model) -> float:
@@ -73,9 +63,8 @@ def _run_bccd(row: str, config_name: str, args):
     if not dataset_opts(args):
         _ensure_datasets("bccd_train", "bccd_test")
     config = REPO / "configs" / "bccd" / config_name
-    run, model, res = _train(config, row, args)
-    note = f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU; {config.relative_to(REPO)}"
-    return detection_rows(row, run, res, note) + [
+    run, model, rows = train_detector_rows(args, row, config, opts=["MODEL.DEVICE", "cpu"])
+    return rows + [
         Result(f"{row}/latency_ms", _latency_ms(run.cfg, model), "ms",
                notes=f"one test image at test size {run.cfg.INPUT.MIN_SIZE_TEST}, batch 1, CPU, {_threads_note()}")]
 

@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, dataset_opts, detection_rows, row_output, train_within_budget
+from tools.bench.common import Result, train_detector_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,11 +66,7 @@ def ssd300_latency(args):
 
 # ---------------------------------------------------------------------------------- BCCD
 def _bccd_row(args, model_name: str):
-    config = REPO / "configs" / "bccd" / f"{model_name}.yaml"
-    base = f"bccd/{model_name}"
-    run = train_within_budget(str(config), row_output(args, base), args.budget_min, opts=dataset_opts(args))
-    _, res = run.evaluate()
-    return detection_rows(base, run, res, f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU")
+    return train_detector_rows(args, f"bccd/{model_name}", REPO / "configs" / "bccd" / f"{model_name}.yaml")[2]
 
 
 def bccd_ssd300(args):

@@ -209,7 +209,7 @@ def _recipe_opts(model: str, args) -> list:
 
 def _train(model: str, mode_tag: str, data: _Data, args, row: str):
     """``(BudgetRun, model in eval mode)``: ``model`` trained within ``--budget-min``."""
-    from detectron2.checkpoint import DetectionCheckpointer
+    from d2ext.checkpoint import SafeCheckpointer
 
     from d2ext.engine import Trainer
 
@@ -220,7 +220,7 @@ def _train(model: str, mode_tag: str, data: _Data, args, row: str):
         run = train_within_budget(str(config), os.path.join(row_output(args, row), model), args.budget_min,
                                   opts=opts, register_real_data=False)
     net = Trainer.build_model(run.cfg)
-    DetectionCheckpointer(net).load(os.path.join(run.output_dir, "model_final.pth"))
+    SafeCheckpointer(net).load(os.path.join(run.output_dir, "model_final.pth"))
     return run, net.eval()
 
 

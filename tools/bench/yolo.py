@@ -27,15 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tools.bench.common import (
-    Result,
-    coco_ap,
-    coco_ap_per_class,
-    coco_eval_files,
-    row_output,
-    time_call,
-    train_within_budget,
-)
+from tools.bench.common import Result, row_output, time_call, train_detector_rows
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -73,20 +65,7 @@ def run_yolov3_latency(args):
 
 # ---------------------------------------------------------------------------------- BCCD
 def _bccd_row(args, model_name: str):
-    config = REPO / "configs" / "bccd" / f"{model_name}.yaml"
-    base = f"bccd/{model_name}"
-    run = train_within_budget(str(config), row_output(args, base), args.budget_min)
-    _, res = run.evaluate()
-    eval_dir = Path(run.output_dir) / "inference" / "bccd_test"
-    _, _, per_class = coco_ap_per_class(*coco_eval_files(eval_dir, "bccd_test"))
-    note = f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU; {config.relative_to(REPO)}"
-    rows = [Result(base, coco_ap(res, "bbox"), "AP", notes=note),
-            Result(f"{base}/AP50", coco_ap(res, "bbox", "AP50"), "AP50",
-                   notes="goal: at or above the ultralytics YOLOv8n peer")]
-    rows += [Result(f"{base}/AP50/{name}", v, "AP50") for name, v in per_class.items()]
-    rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
-                       notes="peak RSS of the training process (data workers excluded)"))
-    return rows
+    return train_detector_rows(args, f"bccd/{model_name}", REPO / "configs" / "bccd" / f"{model_name}.yaml")[2]
 
 
 def run_bccd_yolov3(args):
@@ -262,12 +241,19 @@ def _darknet_equivalence(args, layout: str):
     ]
 
 
+def _equivalence_row(layout):
+    def row(args):
+        return _darknet_equivalence(args, layout)
+
+    row.__doc__ = f"Darknet {layout} layout, random weights: d2ext vs OpenCV readNetFromDarknet (max |diff|)."
+    return row
+
+
 ROWS = {
     "yolov3_latency": run_yolov3_latency,
     "bccd/yolov1": run_bccd_yolov1,
     "bccd/yolov2": run_bccd_yolov2,
     "bccd/yolov3": run_bccd_yolov3,
     "bccd/ultralytics_yolov8n": run_bccd_ultralytics,
-    **{f"darknet_equivalence/{k}": (lambda args, k=k: _darknet_equivalence(args, k))
-       for k in ("yolov3", "yolov3-tiny", "yolov2")},
+    **{f"darknet_equivalence/{k}": _equivalence_row(k) for k in ("yolov3", "yolov3-tiny", "yolov2")},
 }

@@ -69,6 +69,19 @@ def build_yolo_head(cfg, input_shape: List[ShapeSpec], default: str) -> nn.Modul
     return YOLO_HEAD_REGISTRY.get(name)(cfg, input_shape)
 
 
+def _backbone_and_head(cfg, default_head: str) -> dict:
+    """The ``backbone``, ``head`` and ``head_in_features`` arguments every YOLO's ``from_config``
+    shares: the backbone from ``MODEL.BACKBONE``, the head on its ``MODEL.YOLO.IN_FEATURES``."""
+    backbone = build_backbone(cfg)
+    shapes = backbone.output_shape()
+    in_features = list(cfg.MODEL.YOLO.IN_FEATURES)
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(f"MODEL.YOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
+    return {"backbone": backbone, "head": build_yolo_head(cfg, [shapes[f] for f in in_features], default_head),
+            "head_in_features": in_features}
+
+
 def _init_prediction(conv: nn.Conv2d, num_anchors: int, num_outputs: int, objectness_prior: float):
     """Small weights; objectness bias at ``logit(prior)`` so the ~10k negatives do not swamp the
     first iterations (the prior trick of RetinaNet, Lin et al. 2017)."""
@@ -435,17 +448,9 @@ class _AnchorYOLO(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        shapes = backbone.output_shape()
         y = cfg.MODEL.YOLO
-        in_features = list(y.IN_FEATURES)
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(f"MODEL.YOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
         return {
-            "backbone": backbone,
-            "head": build_yolo_head(cfg, [shapes[f] for f in in_features], cls.default_head),
-            "head_in_features": in_features,
+            **_backbone_and_head(cfg, cls.default_head),
             "anchors": [[list(wh) for wh in level] for level in y.ANCHORS],
             "num_classes": y.NUM_CLASSES,
             "ignore_thresh": y.IGNORE_THRESH,
@@ -677,17 +682,9 @@ class YOLOV1(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        shapes = backbone.output_shape()
         y = cfg.MODEL.YOLO
-        in_features = list(y.IN_FEATURES)
-        missing = [f for f in in_features if f not in shapes]
-        if missing:
-            raise ValueError(f"MODEL.YOLO.IN_FEATURES {missing} not produced by the backbone ({sorted(shapes)})")
         return {
-            "backbone": backbone,
-            "head": build_yolo_head(cfg, [shapes[f] for f in in_features], "YOLOV1Head"),
-            "head_in_features": in_features,
+            **_backbone_and_head(cfg, "YOLOV1Head"),
             "num_classes": y.NUM_CLASSES,
             "lambda_coord": y.V1.LAMBDA_COORD,
             "lambda_noobj": y.V1.LAMBDA_NOOBJ,
