@@ -7,8 +7,8 @@ DETECTRON2_WHEEL := sal-detectron2==0.7.2
 STAMP := $(VENV)/.d2ext-setup-done
 # Detectron2's own dependencies, read from the installed wheel's metadata (Requires-Dist without
 # extras), so nothing it needs (black for LazyConfig.save, packaging, ...) is missed by hand.
-DETECTRON2_DEPS = $(PY) -c "import importlib.metadata as m, shlex; from packaging.requirements import Requirement as R; \
-	print(' '.join(shlex.quote(str(r)) for r in map(R, m.requires('sal-detectron2') or []) \
+DETECTRON2_DEPS = $(PY) -c "import importlib.metadata as m; from packaging.requirements import Requirement as R; \
+	print('\\n'.join(str(r) for r in map(R, m.requires('sal-detectron2') or []) \
 	if r.marker is None or r.marker.evaluate({'extra': ''})))"
 PYTEST_ARGS ?=
 
@@ -26,7 +26,8 @@ $(STAMP): requirements.txt setup.py Makefile
 		--upgrade --target "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
 		$(DETECTRON2_WHEEL)
 	# our pins and Detectron2's declared dependencies, resolved together
-	$(PIP) install -q -r requirements.txt $$($(DETECTRON2_DEPS))
+	$(DETECTRON2_DEPS) > $(VENV)/detectron2-requirements.txt
+	$(PIP) install -q -r requirements.txt -r $(VENV)/detectron2-requirements.txt
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -c "import detectron2, d2ext; print('detectron2', detectron2.__version__, 'd2ext ok')"
 	touch $(STAMP)
