@@ -30,12 +30,28 @@ simply not registered. Calling it twice is harmless. Returns the names registere
 ==================  =====================================================================
 """
 import logging
+import os
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
-from .common import default_data_root
+from d2ext.core import data_root
 
 logger = logging.getLogger(__name__)
+
+# dataset-name prefix -> the folder under the data root that the family is read from
+BUILTIN_FOLDERS = (("bccd_", "bccd"), ("widerface_", "widerface"), ("coco_kp_", "coco_kp"),
+                   ("wbc_seg_", "wbc_seg"), ("wbc_inst_", "wbc_seg"), ("cricket_", "cricket"))
+
+
+def builtin_folder(name: str, root=None) -> Optional[Path]:
+    """The folder a built-in dataset ``name`` is read from (``$D2EXT_CRICKET_ROOT`` for the
+    cricket sets when set), or None when ``name`` is no built-in."""
+    for prefix, folder in BUILTIN_FOLDERS:
+        if name.startswith(prefix):
+            if folder == "cricket" and os.environ.get("D2EXT_CRICKET_ROOT"):
+                return Path(os.environ["D2EXT_CRICKET_ROOT"])
+            return Path(root if root is not None else data_root()) / folder
+    return None
 
 
 def _register_bccd(root: Path) -> List[str]:
@@ -125,11 +141,9 @@ def _register_cricket(root: Path) -> List[str]:
     """cricket_{train,val,test} from ``$D2EXT_CRICKET_ROOT`` or ``<data>/cricket`` (one folder per
     shot) when present; group-aware seeded split (seed 0). ``$D2EXT_CRICKET_KEYPOINTS`` names a
     keypoint results file (``tools/extract_keypoints.py`` output) to attach to the records."""
-    import os
-
     from .cricket import register_cricket
 
-    folder = Path(os.environ.get("D2EXT_CRICKET_ROOT") or root / "cricket")
+    folder = builtin_folder("cricket_", root)
     if not folder.is_dir():
         return []
     keypoints = os.environ.get("D2EXT_CRICKET_KEYPOINTS") or None
@@ -139,7 +153,7 @@ def _register_cricket(root: Path) -> List[str]:
 def register_builtin_datasets(root=None) -> List[str]:
     """Register every real dataset present under ``root``; returns the registered names."""
     # resolved, so "../shared/data" and its absolute path register the same arguments
-    root = (Path(root) if root is not None else default_data_root()).resolve()
+    root = (Path(root) if root is not None else data_root()).resolve()
     if not root.is_dir():
         logger.info("no real data at %s: only synthetic datasets are registered", root)
         return []

@@ -70,7 +70,8 @@ COCO and Detectron2:
   lazily in ``DatasetCatalog`` and ``metadata`` in ``MetadataCatalog``. Calling it again with an
   equal loader (same function / partial args), kwargs and metadata is a no-op; anything else
   raises ``ValueError`` naming the dataset.
-- ``default_data_root() -> Path``: ``$D2EXT_SHARED_DATA`` or ``<repo>/../shared/data``.
+
+The data root (``$D2EXT_SHARED_DATA``) is :func:`d2ext.core.data_root`.
 """
 import functools
 import logging
@@ -82,7 +83,7 @@ from collections import Counter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from d2ext.core import (OutputBatch, atomic_open, atomic_write_bytes, atomic_write_json,  # noqa: F401
-                        data_root, dumps_json, resolve_inside)
+                        dumps_json, resolve_inside)
 
 logger = logging.getLogger(__name__)
 
@@ -525,7 +526,6 @@ def progress(iterable, enabled: bool = False, desc: str = "", total=None, unit: 
     return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
 
 
-default_data_root = data_root  # the one lookup lives in d2ext.core
 
 
 # --------------------------------------------------------------------------------------------

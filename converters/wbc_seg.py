@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2ext.core import atomic_dir, check_outputs
+from d2ext.core import atomic_dir, cache_root, check_outputs
 
 from .common import (
     BOX_MODE_XYXY_ABS,
@@ -600,7 +600,7 @@ def default_label_dir(root, mode):
     two data folders with one name never share labels and the read-only data is never written."""
     import hashlib
 
-    cache = Path(os.environ.get("D2EXT_CACHE") or Path.home() / ".cache" / "d2ext")
+    cache = cache_root()
     root = Path(root).resolve()
     digest = hashlib.sha1(str(root).encode("utf-8")).hexdigest()[:8]
     return cache / "wbc_seg" / f"{root.name}-{digest}" / mode

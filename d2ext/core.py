@@ -75,30 +75,10 @@ def _open_new(tmp: str) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "w", **kwargs):
-    """Open a temp file beside ``path`` for writing; ``os.replace`` it onto ``path`` when the
-    block ends without an exception, remove it otherwise. Parent folders are created."""
-    if "r" in mode or "a" in mode or "+" in mode:
-        raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not supported")
-    target = os.path.abspath(os.fspath(path))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    tmp = _temp_path(target)
-    fd = _open_new(tmp)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
 def atomic_path(path: PathLike):
     """Yield a temp file path beside ``path`` for writers that take a file name
     (``fig.savefig``, ``torch.save``, ``PIL.Image.save``); it is moved onto ``path`` when the block
-    ends without an exception, removed otherwise."""
+    ends without an exception, removed otherwise. Parent folders are created."""
     target = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = _temp_path(target)
@@ -110,6 +90,16 @@ def atomic_path(path: PathLike):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "w", **kwargs):
+    """Open a temp file beside ``path`` for writing (:func:`atomic_path`); it replaces ``path``
+    when the block ends without an exception and is removed otherwise."""
+    if "r" in mode or "a" in mode or "+" in mode:
+        raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not supported")
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -19,31 +19,13 @@ torch.set_num_threads(1)
 H, W = 64, 96  # not square, so a swapped height/width shows
 
 
-def _small_cfg(layout, repo_root):
-    base = {"yolov3": "yolov3", "yolov3-tiny": "yolov3-tiny", "yolov2": "yolov2-voc"}[layout]
+def _small_cfg(layout):
     opts = ["MODEL.DEVICE", "cpu", "MODEL.YOLO.NUM_CLASSES", 3, "MODEL.DARKNET.WIDTH_MULT", 0.125]
     if layout == "yolov3":  # two levels, a stage without residual blocks
         opts += ["MODEL.DARKNET.STAGE_BLOCKS", [1, 0, 1, 1, 1], "MODEL.DARKNET.OUT_FEATURES", ["dark4", "dark5"],
                  "MODEL.YOLO.IN_FEATURES", ["dark4", "dark5"],
                  "MODEL.YOLO.ANCHORS", [[[10, 13], [16, 30]], [[30, 61], [62, 45]]]]
-    return setup_cfg(str(repo_root / "configs" / "darknet" / f"{base}.yaml"), opts)
-
-
-def _randomise(model, seed=0):
-    """Random conv weights at a scale that keeps activations O(1), random BN statistics."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
-            elif isinstance(m, torch.nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.rand(m.out_channels, generator=g) - 0.5)
-    return model.eval()
+    return setup_cfg(dw.layout_config(layout), opts)
 
 
 def _write(model, cfg, tmp_path, name):
@@ -61,9 +43,9 @@ def _ours(model, img):
         return model.head([feats[f] for f in model.head_in_features])
 
 
-def test_weights_round_trip_is_exact(tmp_path, repo_root):
-    cfg = _small_cfg("yolov3", repo_root)
-    model = _randomise(build_model(cfg))
+def test_weights_round_trip_is_exact(tmp_path):
+    cfg = _small_cfg("yolov3")
+    model = dw.randomize_weights(build_model(cfg))
     _, weights_path, specs = _write(model, cfg, tmp_path, "m")
     header, tensors = dw.read_darknet_weights(str(weights_path), specs)
     assert header == (0, 2, 0, 0)
@@ -75,9 +57,9 @@ def test_weights_round_trip_is_exact(tmp_path, repo_root):
     assert weights_path.stat().st_size == 20 + 4 * sum(s.num_floats() for s in specs)
 
 
-def test_short_weights_file_is_refused_with_counts(tmp_path, repo_root):
-    cfg = _small_cfg("yolov3-tiny", repo_root)
-    model = _randomise(build_model(cfg))
+def test_short_weights_file_is_refused_with_counts(tmp_path):
+    cfg = _small_cfg("yolov3-tiny")
+    model = dw.randomize_weights(build_model(cfg))
     cfg_path, weights_path, specs = _write(model, cfg, tmp_path, "m")
     weights_path.write_bytes(weights_path.read_bytes()[:-8])
     with pytest.raises(dw.DarknetFormatError, match=r"m\.weights: holds 140134 floats after the header, the cfg's 13 convolutions need 140136"):
@@ -105,9 +87,9 @@ def test_darknet_reorg_order():
 
 
 @pytest.mark.parametrize("layout", ["yolov3", "yolov3-tiny", "yolov2"])
-def test_opencv_gives_the_same_head_outputs_and_boxes(layout, tmp_path, repo_root):
-    cfg = _small_cfg(layout, repo_root)
-    model = _randomise(build_model(cfg))
+def test_opencv_gives_the_same_head_outputs_and_boxes(layout, tmp_path):
+    cfg = _small_cfg(layout)
+    model = dw.randomize_weights(build_model(cfg))
     cfg_path, weights_path, specs = _write(model, cfg, tmp_path, layout)
     img = (np.random.RandomState(0).rand(H, W, 3) * 255).astype(np.uint8)
 
@@ -121,9 +103,7 @@ def test_opencv_gives_the_same_head_outputs_and_boxes(layout, tmp_path, repo_roo
     sections = dw.parse_darknet_cfg(str(cfg_path))
     got_layout, opts = dw.d2ext_opts_from_darknet(sections, str(cfg_path))
     assert got_layout == layout
-    base = {"yolov3": "yolov3", "yolov3-tiny": "yolov3-tiny", "yolov2": "yolov2-voc"}[layout]
-    imported = build_model(setup_cfg(str(repo_root / "configs" / "darknet" / f"{base}.yaml"),
-                                     ["MODEL.DEVICE", "cpu"] + opts)).eval()
+    imported = build_model(setup_cfg(dw.layout_config(layout), ["MODEL.DEVICE", "cpu"] + opts)).eval()
     _, tensors = dw.read_darknet_weights(str(weights_path), specs)
     dw.load_darknet_weights(imported, specs, tensors)
     for a, b in zip(imported.anchors, model.anchors):  # v2 cfgs give anchors in 32-px cells
@@ -161,8 +141,8 @@ def test_opencv_gives_the_same_head_outputs_and_boxes(layout, tmp_path, repo_roo
             assert (ours[~kept] < 0.2 + 1e-4).all()
 
 
-def test_real_layout_cfg_is_refused_when_it_differs(tmp_path, repo_root):
-    cfg = _small_cfg("yolov3-tiny", repo_root)
+def test_real_layout_cfg_is_refused_when_it_differs(tmp_path):
+    cfg = _small_cfg("yolov3-tiny")
     model = build_model(cfg)
     text = dw.darknet_cfg_text_of_model(model, cfg, H, W)
     # make the 3rd conv 5x5: d2ext has no such layer
@@ -172,21 +152,21 @@ def test_real_layout_cfg_is_refused_when_it_differs(tmp_path, repo_root):
     sections = dw.parse_darknet_cfg(str(p))
     _, opts = dw.d2ext_opts_from_darknet(sections, str(p))
     expected = dw.parse_darknet_cfg_text(dw.darknet_cfg_text_of_model(
-        build_model(setup_cfg(str(repo_root / "configs/darknet/yolov3-tiny.yaml"), ["MODEL.DEVICE", "cpu"] + opts)),
+        build_model(setup_cfg(dw.layout_config("yolov3-tiny"), ["MODEL.DEVICE", "cpu"] + opts)),
         cfg, H, W))
     with pytest.raises(dw.DarknetFormatError, match=r"odd\.cfg:\d+: layer 4 is \[convolutional\]"):
         dw.check_same_structure(sections, expected, str(p))
 
 
-def test_convert_weights_tool_export_then_import(tmp_path, repo_root):
+def test_convert_weights_tool_export_then_import(tmp_path):
     """--to-darknet writes .cfg + .weights of a d2ext checkpoint; --arch darknet reads them back
     into the same tensors and writes the matching d2ext YAML."""
     from tools.convert_weights import main
 
-    cfg = _small_cfg("yolov2", repo_root)
+    cfg = _small_cfg("yolov2")
     yaml_in = tmp_path / "small.yaml"
     yaml_in.write_text(cfg.dump())
-    model = _randomise(build_model(cfg))
+    model = dw.randomize_weights(build_model(cfg))
     torch.save({"model": model.state_dict()}, tmp_path / "trained.pth")
     assert main(["--to-darknet", "--config-file", str(yaml_in), "--input", str(tmp_path / "trained.pth"),
                  "--output", str(tmp_path / "exported.weights")]) == 0

@@ -48,8 +48,8 @@ def run_tool(main, args, name: str) -> int:
     except Exception as e:  # noqa: BLE001  (one line for the user; --debug shows the traceback)
         if getattr(args, "debug", False):
             raise
-        message = str(e) if str(e) else type(e).__name__
-        print(f"{name}: error: {message.splitlines()[0] if message else type(e).__name__}"
+        message = (str(e) or type(e).__name__).splitlines()[0]
+        print(f"{name}: error: {message}"
               f"{' (run with --debug for the traceback)' if hasattr(args, 'debug') else ''}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0

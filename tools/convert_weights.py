@@ -123,7 +123,7 @@ def _darknet(args) -> int:
     from detectron2.modeling import build_model
 
     import d2ext.engine  # noqa: F401  (registers every d2ext component)
-    from d2ext.core import atomic_write_text, check_outputs, repo_root
+    from d2ext.core import atomic_write_text, check_outputs
     from d2ext.engine import setup_cfg
     from d2ext.modeling import darknet_weights as dw
 
@@ -153,9 +153,7 @@ def _darknet(args) -> int:
     check_outputs([args.input, args.cfg], [args.output, yaml_out], "convert_weights")
     sections = dw.parse_darknet_cfg(args.cfg)
     layout, opts = dw.d2ext_opts_from_darknet(sections, args.cfg)
-    base = {"yolov3": "yolov3", "yolov3-tiny": "yolov3-tiny", "yolov2": "yolov2-voc"}[layout]
-    base_yaml = os.path.join(repo_root(), "configs", "darknet", f"{base}.yaml")
-    cfg = setup_cfg(base_yaml, ["MODEL.DEVICE", "cpu"] + opts)
+    cfg = setup_cfg(dw.layout_config(layout), ["MODEL.DEVICE", "cpu"] + opts)
     model = build_model(cfg).eval()
     net = sections[0]
     expected = dw.parse_darknet_cfg_text(

@@ -20,9 +20,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..core import atomic_write_json
+from ..core import atomic_write_json, cache_root
 from .mappers import DATASET_MAPPER_REGISTRY
-from .synthetic import default_cache_root
 
 __all__ = [
     "CenterCrop",
@@ -230,7 +229,7 @@ def load_digits_split(split: str, root: Optional[str] = None, test_fraction: flo
     """
     if split not in ("train", "test"):
         raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
-    folder = os.path.join(root or default_cache_root(), f"digits{DIGITS_IMAGE_SIZE}_test{test_fraction}_seed{seed}")
+    folder = os.path.join(root or cache_root(), f"digits{DIGITS_IMAGE_SIZE}_test{test_fraction}_seed{seed}")
     index = os.path.join(folder, "index.json")
     if not os.path.exists(index):
         logger.info(f"Generating the digits dataset into {folder}")

@@ -32,7 +32,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ..core import data_root, missing_data_message
+from ..core import missing_data_message
 
 __all__ = [
     "DatasetNotFoundError", "NumClassesError", "is_coco_path", "coco_image_root",
@@ -53,8 +53,6 @@ class NumClassesError(ValueError):
 
 # (name prefix, folder under $D2EXT_SHARED_DATA) of the real datasets converters.builtin
 # registers; kept here (d2ext does not import converters/) only to say where one was looked for.
-_BUILTIN_FOLDERS = (("bccd_", "bccd"), ("widerface_", "widerface"), ("coco_kp_", "coco_kp"),
-                    ("wbc_seg_", "wbc_seg"), ("wbc_inst_", "wbc_seg"), ("cricket_", "cricket"))
 
 # name -> (json_file, image_root) of the files registered by this module
 _REGISTERED: Dict[str, tuple] = {}
@@ -201,15 +199,6 @@ def register_coco_datasets(cfg, image_root=None) -> List[str]:
     return names
 
 
-def _builtin_folder(name: str):
-    for prefix, folder in _BUILTIN_FOLDERS:
-        if name.startswith(prefix):
-            if folder == "cricket" and os.environ.get("D2EXT_CRICKET_ROOT"):
-                return os.environ["D2EXT_CRICKET_ROOT"]
-            return data_root() / folder
-    return None
-
-
 def resolve_dataset(name: str, image_root=None) -> str:
     """``name`` when it is registered (a COCO file path is registered now), else a
     :class:`DatasetNotFoundError` with one line saying what to do."""
@@ -221,7 +210,9 @@ def resolve_dataset(name: str, image_root=None) -> str:
         raise DatasetNotFoundError(f"COCO file {name} not found")
     if name in DatasetCatalog.list():
         return name
-    folder = _builtin_folder(name)
+    from converters.builtin import builtin_folder  # light: the converters' own table
+
+    folder = builtin_folder(name)
     if folder is not None:
         if os.path.isdir(folder):
             raise DatasetNotFoundError(

@@ -16,16 +16,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..core import atomic_save_image, atomic_write_json
+from ..core import atomic_save_image, atomic_write_json, cache_root
 
-__all__ = ["SHAPE_CLASSES", "generate_shapes", "register_shapes", "default_cache_root",
+__all__ = ["SHAPE_CLASSES", "generate_shapes", "register_shapes",
            "cached_synthetic_folder", "generate_detection_records", "register_synthetic"]
 
 SHAPE_CLASSES = ["circle", "square", "triangle"]
-
-
-def default_cache_root() -> str:
-    return os.environ.get("D2EXT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "d2ext"))
 
 
 def _shape_polygon(cls: str, cx: float, cy: float, r: float, angle: float) -> List[float]:
@@ -78,7 +74,7 @@ def _make_record(rng: np.random.Generator, size: int, max_objects: int):
 def cached_synthetic_folder(key: str, root: Optional[str], write: Callable[[str], object]) -> str:
     """``<root>/<key>/``, filled once by ``write(folder)``; its return value is saved as
     ``index.json``, written last and atomically, so an interrupted folder is regenerated."""
-    folder = os.path.join(root or default_cache_root(), key)
+    folder = os.path.join(root or cache_root(), key)
     index = os.path.join(folder, "index.json")
     if not os.path.exists(index):
         os.makedirs(folder, exist_ok=True)

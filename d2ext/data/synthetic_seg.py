@@ -21,8 +21,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..core import atomic_save_image
-from .synthetic import cached_synthetic_folder, default_cache_root, register_synthetic, synthetic_image_id
+from ..core import atomic_save_image, cache_root
+from .synthetic import cached_synthetic_folder, register_synthetic, synthetic_image_id
 
 __all__ = ["SYNTHETIC_SEG_CLASSES", "make_seg_sample", "generate_synthetic_seg", "register_synthetic_seg"]
 
@@ -127,7 +127,7 @@ def register_synthetic_seg(
     Metadata: ``stuff_classes`` (``num_classes`` names), ``ignore_label`` 255.
     ``root`` defaults to ``$D2EXT_CACHE`` or ``~/.cache/d2ext``.
     """
-    root = root or default_cache_root()
+    root = root or str(cache_root())
     args = (root, num_images, image_size, seed, num_classes, tuple(sorted(sample_kwargs.items())))
     register_synthetic(
         name,

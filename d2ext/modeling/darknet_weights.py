@@ -30,7 +30,8 @@ __all__ = [
     "DarknetSection", "ConvSpec", "DarknetFormatError", "parse_darknet_cfg", "conv_specs",
     "read_darknet_weights", "write_darknet_weights", "d2ext_opts_from_darknet", "darknet_cfg_text",
     "darknet_modules", "load_darknet_weights", "export_darknet_weights", "LAYOUTS",
-    "parse_darknet_cfg_text", "check_same_structure", "darknet_cfg_text_of_model",
+    "parse_darknet_cfg_text", "check_same_structure", "darknet_cfg_text_of_model", "layout_config",
+    "randomize_weights",
 ]
 
 # layout -> (meta-architecture, backbone builder, default head name)
@@ -39,6 +40,37 @@ LAYOUTS = {
     "yolov3-tiny": ("YOLOV3", "build_darknet_tiny_backbone", "YOLOV3TinyHead"),
     "yolov2": ("YOLOV2", "build_darknet19_backbone", "YOLOV2Head"),
 }
+
+# layout -> the YAML under configs/darknet/ of the matching d2ext model
+LAYOUT_CONFIGS = {"yolov3": "yolov3.yaml", "yolov3-tiny": "yolov3-tiny.yaml", "yolov2": "yolov2-voc.yaml"}
+
+
+def layout_config(layout: str) -> str:
+    """Path of the d2ext config (``configs/darknet/*.yaml``) that builds ``layout``'s model."""
+    from ..core import repo_root
+
+    return str(repo_root() / "configs" / "darknet" / LAYOUT_CONFIGS[layout])
+
+
+def randomize_weights(model, seed: int = 0):
+    """Random conv weights at a scale that keeps activations O(1) and random BatchNorm statistics
+    (in place; returns ``model`` in eval mode): the weights an equivalence check writes to a
+    Darknet file and loads into both implementations."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
+            elif isinstance(m, torch.nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.rand(m.out_channels, generator=g) - 0.5)
+    return model.eval()
 
 
 class DarknetFormatError(ValueError):

@@ -62,42 +62,18 @@ def time_call(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> Lis
     return times
 
 
-def run_measured(cmd: List[str], log_path: str, cwd: Optional[str] = None) -> Tuple[int, float, float]:
-    """Run ``cmd`` with stdout+stderr to ``log_path``; return (exit code, wall seconds, peak RSS
-    in MiB of that process alone — read with ``os.wait4``, so rows run one after another in the
-    same benchmark each get their own figure; data-loader worker processes are not included)."""
+def run_measured(cmd: List[str], log_path: str, cwd: Optional[str] = None,
+                 env: Optional[dict] = None) -> Tuple[int, float, float]:
+    """Run ``cmd`` with stdout+stderr to ``log_path`` (``env``: variables set for it on top of this
+    process's); return (exit code, wall seconds, peak RSS in MiB of that process alone — read with
+    ``os.wait4``, so rows run one after another in the same benchmark each get their own figure;
+    data-loader worker processes are not included)."""
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
         _, status, usage = os.wait4(proc.pid, 0)
     return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024.0
-
-
-def coco_ap_per_class(gt_json: str, results_json: str) -> Tuple[float, float, dict]:
-    """(AP, AP50, {class name: AP50}) of a COCO results file against COCO ground truth, as
-    fractions (pycocotools; per-class AP50 from the precision array at IoU 0.5, all areas,
-    100 detections). No detections at all: zeros."""
-    import json
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gt = COCO(gt_json)
-    with open(results_json) as f:
-        dets = json.load(f)
-    if not dets:
-        return 0.0, 0.0, {c["name"]: 0.0 for c in gt.dataset["categories"]}
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    precision = ev.eval["precision"]  # (IoU, recall, class, area, maxDets)
-    per_class = {}
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[0, :, k, 0, -1]
-        per_class[gt.cats[int(cat_id)]["name"]] = float(p[p > -1].mean()) if (p > -1).any() else float("nan")
-    return float(ev.stats[0]), float(ev.stats[1]), per_class
 
 
 def coco_eval_files(eval_dir, dataset_name: str) -> Tuple[str, str]:
@@ -233,12 +209,13 @@ def _schedule_opts(cfg, max_iter: int) -> List[str]:
 
 
 def train_within_budget(config: str, output_dir: str, budget_min: float, opts=(),
-                        register_real_data: bool = True) -> BudgetRun:
+                        register_real_data: bool = True, env: Optional[dict] = None) -> BudgetRun:
     """Train ``config`` (+ ``opts``) from its own initialisation for as many iterations as fit in
     ``budget_min`` minutes, with ``tools/train_net.py`` in a subprocess (its peak RSS is its own).
 
     The learning-rate schedule is rescaled to the new length; checkpointing happens at the end
-    only; no evaluation runs inside the budget (call :meth:`BudgetRun.evaluate`). Raises
+    only; no evaluation runs inside the budget (call :meth:`BudgetRun.evaluate`). ``env``:
+    environment variables for the training process (e.g. another ``D2EXT_SHARED_DATA``). Raises
     ``RuntimeError`` naming the log when training fails.
     """
     t0 = time.perf_counter()
@@ -261,7 +238,7 @@ def train_within_budget(config: str, output_dir: str, budget_min: float, opts=()
                             os.path.basename(os.path.normpath(output_dir)) + ".log")
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", str(config),
            *train_opts]
-    code, _, peak_mib = run_measured(cmd, log_path, cwd=REPO)
+    code, _, peak_mib = run_measured(cmd, log_path, cwd=REPO, env=env)
     train_minutes = (time.perf_counter() - t0) / 60.0
     if code != 0:
         raise RuntimeError(f"{config}: tools/train_net.py exited {code}; see {log_path}")
@@ -288,10 +265,12 @@ def coco_ap(results: dict, task: str, key: str = "AP") -> float:
 def detection_rows(base: str, run: BudgetRun, results: dict, note: str) -> List[Result]:
     """The rows every trained detector reports, in one format so one table ranks them all:
     ``<base>`` = COCO AP, ``/AP50``, ``/AP50/<class>`` (fractions), ``/peak_train_mem`` (MiB)."""
-    _, _, per_class = coco_ap_per_class(*coco_eval_files(run.eval_dir(), run.cfg.DATASETS.TEST[0]))
+    from d2ext.utils.metrics import coco_evaluate
+
+    per_class = coco_evaluate(*coco_eval_files(run.eval_dir(), run.cfg.DATASETS.TEST[0]))["per_class"]
     rows = [Result(base, coco_ap(results, "bbox"), "AP", notes=note),
             Result(f"{base}/AP50", coco_ap(results, "bbox", "AP50"), "AP50")]
-    rows += [Result(f"{base}/AP50/{name}", v, "AP50") for name, v in per_class.items()]
+    rows += [Result(f"{base}/AP50/{name}", c["AP50"], "AP50") for name, c in per_class.items()]
     rows.append(Result(f"{base}/peak_train_mem", run.peak_mib, "MiB",
                        notes="peak RSS of the training process (data workers excluded)"))
     return rows
@@ -307,3 +286,8 @@ def train_detector_rows(args, base: str, config: str, opts=()):
     note = (f"from scratch, {run.note()}, budget {args.budget_min:g} min, CPU; "
             f"{os.path.relpath(str(config), REPO)}")
     return run, model, detection_rows(base, run, res, note)
+
+
+def bccd_detector_rows(args, model_name: str) -> List[Result]:
+    """The ``bccd/<model_name>`` rows of ``configs/bccd/<model_name>.yaml``."""
+    return train_detector_rows(args, f"bccd/{model_name}", os.path.join(REPO, "configs", "bccd", f"{model_name}.yaml"))[2]

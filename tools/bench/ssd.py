@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, train_detector_rows
+from tools.bench.common import Result, bccd_detector_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,18 +65,14 @@ def ssd300_latency(args):
 
 
 # ---------------------------------------------------------------------------------- BCCD
-def _bccd_row(args, model_name: str):
-    return train_detector_rows(args, f"bccd/{model_name}", REPO / "configs" / "bccd" / f"{model_name}.yaml")[2]
-
-
 def bccd_ssd300(args):
     """SSD300 on BCCD within --budget-min: AP, AP50, per-class AP50, peak training memory."""
-    return _bccd_row(args, "ssd300")
+    return bccd_detector_rows(args, "ssd300")
 
 
 def bccd_ssd512(args):
     """SSD512 on BCCD within --budget-min: AP, AP50, per-class AP50, peak training memory."""
-    return _bccd_row(args, "ssd512")
+    return bccd_detector_rows(args, "ssd512")
 
 
 ROWS = {"ssd300_latency": ssd300_latency, "bccd/ssd300": bccd_ssd300, "bccd/ssd512": bccd_ssd512}

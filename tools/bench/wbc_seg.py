@@ -45,7 +45,6 @@ import hashlib
 import logging
 import os
 from collections import OrderedDict
-from contextlib import contextmanager
 from pathlib import Path
 
 from tools.bench.common import Result, latency_ms, row_output, train_within_budget
@@ -133,20 +132,9 @@ class _Data:
                                          out / "labels" / f"{tag}_{mode_tag}")
             self.inst_test = register_wbc_instances(f"{tag}_inst_test", test_data, "all")
 
-    @contextmanager
     def training_env(self):
-        """``$D2EXT_SHARED_DATA`` for the training subprocess (restored afterwards)."""
-        old = os.environ.get("D2EXT_SHARED_DATA")
-        if self.env_root:
-            os.environ["D2EXT_SHARED_DATA"] = self.env_root
-        try:
-            yield
-        finally:
-            if self.env_root:
-                if old is None:
-                    os.environ.pop("D2EXT_SHARED_DATA", None)
-                else:
-                    os.environ["D2EXT_SHARED_DATA"] = old
+        """Environment of the training subprocess: ``$D2EXT_SHARED_DATA`` pointing at ``--data``."""
+        return {"D2EXT_SHARED_DATA": self.env_root} if self.env_root else None
 
 
 def build_shifted_sets(test_name: str, out: Path, shifts, seed: int = SHIFT_SEED) -> "OrderedDict[str, str]":
@@ -216,9 +204,8 @@ def _train(model: str, mode_tag: str, data: _Data, args, row: str):
     config = REPO / "configs" / "wbc_seg" / CONFIGS[model].format(mode=mode_tag)
     train = data.inst_train if model == "mask_rcnn" else data.train
     opts = _recipe_opts(model, args) + ["DATASETS.TRAIN", str(tuple(train))]
-    with data.training_env():
-        run = train_within_budget(str(config), os.path.join(row_output(args, row), model), args.budget_min,
-                                  opts=opts, register_real_data=False)
+    run = train_within_budget(str(config), os.path.join(row_output(args, row), model), args.budget_min,
+                              opts=opts, register_real_data=False, env=data.training_env())
     net = Trainer.build_model(run.cfg)
     SafeCheckpointer(net).load(os.path.join(run.output_dir, "model_final.pth"))
     return run, net.eval()

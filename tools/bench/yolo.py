@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tools.bench.common import Result, row_output, time_call, train_detector_rows
+from tools.bench.common import Result, bccd_detector_rows, row_output, time_call
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -64,23 +64,19 @@ def run_yolov3_latency(args):
 
 
 # ---------------------------------------------------------------------------------- BCCD
-def _bccd_row(args, model_name: str):
-    return train_detector_rows(args, f"bccd/{model_name}", REPO / "configs" / "bccd" / f"{model_name}.yaml")[2]
-
-
 def run_bccd_yolov3(args):
     """YOLOv3 (small Darknet-53) on BCCD within --budget-min: AP, AP50, per-class AP50, memory."""
-    return _bccd_row(args, "yolov3")
+    return bccd_detector_rows(args, "yolov3")
 
 
 def run_bccd_yolov2(args):
     """YOLOv2 (small Darknet-19) on BCCD within --budget-min: AP, AP50, per-class AP50, memory."""
-    return _bccd_row(args, "yolov2")
+    return bccd_detector_rows(args, "yolov2")
 
 
 def run_bccd_yolov1(args):
     """YOLOv1 (Fast YOLO 9-conv net, 7x7 grid) on BCCD within --budget-min."""
-    return _bccd_row(args, "yolov1")
+    return bccd_detector_rows(args, "yolov1")
 
 
 # The peer's script, run by --ultralytics-python; argv: data.yaml, project dir, minutes, result json.
@@ -174,22 +170,10 @@ def _darknet_equivalence(args, layout: str):
     from d2ext.engine import setup_cfg
     from d2ext.modeling import darknet_weights as dw
 
-    base = {"yolov3": "yolov3", "yolov3-tiny": "yolov3-tiny", "yolov2": "yolov2-voc"}[layout]
     size = 416
-    cfg = setup_cfg(str(REPO / "configs" / "darknet" / f"{base}.yaml"), ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg).eval()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # random weights at a scale that keeps activations O(1)
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
-            elif isinstance(m, torch.nn.Conv2d):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.rand(m.out_channels, generator=g) - 0.5)
+    cfg = setup_cfg(dw.layout_config(layout), ["MODEL.DEVICE", "cpu"])
+    model = dw.randomize_weights(build_model(cfg))
+    with torch.no_grad():
         # 23 residual additions in Darknet-53 would grow activations to ~100 (exp() of such box
         # logits overflows): residual branches get small gains, as a trained network has.
         for m in model.modules():
@@ -206,8 +190,7 @@ def _darknet_equivalence(args, layout: str):
     # d2ext side: the import path of tools/convert_weights.py (cfg -> config -> model -> weights)
     sections = dw.parse_darknet_cfg(str(cfg_path))
     _, opts = dw.d2ext_opts_from_darknet(sections, str(cfg_path))
-    ours = build_model(setup_cfg(str(REPO / "configs" / "darknet" / f"{base}.yaml"),
-                                 ["MODEL.DEVICE", "cpu"] + opts)).eval()
+    ours = build_model(setup_cfg(dw.layout_config(layout), ["MODEL.DEVICE", "cpu"] + opts)).eval()
     dw.load_darknet_weights(ours, specs, dw.read_darknet_weights(str(weights_path), specs)[1])
 
     img = (np.random.RandomState(0).rand(size, size, 3) * 255).astype(np.uint8)

@@ -133,6 +133,31 @@ class _DarknetBase(Backbone):
             FrozenBatchNorm2d.convert_frozen_batchnorm(stage)
         return self
 
+    def _build_plain_stages(self, spec, width_mult: float, **conv_kw) -> None:
+        """Stages of plain conv / max-pool layers from ``spec`` = ``[(stage name, items)]``, stage
+        ``i`` at stride ``2**i``. An item is ``"M"`` (2x2/2 max-pool), ``"S"`` (Darknet's 2x2/1
+        max-pool), ``(out_channels, kernel)`` or ``out_channels`` (a 3x3 conv), each conv a
+        :class:`ConvBNLeaky` with ``out_channels * width_mult`` channels."""
+        stages, c = {}, 3
+        self._out_feature_channels, self._out_feature_strides = {}, {}
+        for i, (name, items) in enumerate(spec):
+            layers: List[nn.Module] = []
+            for item in items:
+                if item == "M":
+                    layers.append(nn.MaxPool2d(2, 2))
+                elif item == "S":
+                    layers.append(_MaxPoolSame())
+                else:
+                    out, k = item if isinstance(item, tuple) else (item, 3)
+                    out = _ch(out, width_mult)
+                    layers.append(ConvBNLeaky(c, out, k, **conv_kw))
+                    c = out
+            stages[name] = nn.Sequential(*layers)
+            self._out_feature_channels[name] = c
+            self._out_feature_strides[name] = 2**i
+        self.stages = nn.ModuleDict(stages)
+        self._check_out_features()
+
 
 class Darknet53(_DarknetBase):
     """Darknet-53 (Redmon & Farhadi 2018, Table 1): a 3x3/32 stem, then five stages, each a
@@ -168,33 +193,20 @@ class Darknet19(_DarknetBase):
     ``dark5`` (stride 32, 1024 ch; 13x13 at 416) the main detection input.
     """
 
-    # (stage, [(out_channels, kernel)]) ; a 2x2/2 max-pool precedes every stage after "stem".
+    # (stage, [(out_channels, kernel)]); a 2x2/2 max-pool ("M") opens every stage after "stem".
     _SPEC = [
         ("stem", [(32, 3)]),
-        ("dark1", [(64, 3)]),
-        ("dark2", [(128, 3), (64, 1), (128, 3)]),
-        ("dark3", [(256, 3), (128, 1), (256, 3)]),
-        ("dark4", [(512, 3), (256, 1), (512, 3), (256, 1), (512, 3)]),
-        ("dark5", [(1024, 3), (512, 1), (1024, 3), (512, 1), (1024, 3)]),
+        ("dark1", ["M", (64, 3)]),
+        ("dark2", ["M", (128, 3), (64, 1), (128, 3)]),
+        ("dark3", ["M", (256, 3), (128, 1), (256, 3)]),
+        ("dark4", ["M", (512, 3), (256, 1), (512, 3), (256, 1), (512, 3)]),
+        ("dark5", ["M", (1024, 3), (512, 1), (1024, 3), (512, 1), (1024, 3)]),
     ]
 
     def __init__(self, out_features=("dark4", "dark5"), width_mult: float = 1.0, norm: str = "BN",
                  negative_slope: float = 0.1):
         super().__init__(out_features, size_divisibility=32)
-        kw = dict(norm=norm, negative_slope=negative_slope)
-        stages, c = {}, 3
-        self._out_feature_channels, self._out_feature_strides = {}, {}
-        for i, (name, spec) in enumerate(self._SPEC):
-            layers: List[nn.Module] = [nn.MaxPool2d(2, 2)] if i > 0 else []
-            for out, k in spec:
-                out = _ch(out, width_mult)
-                layers.append(ConvBNLeaky(c, out, k, **kw))
-                c = out
-            stages[name] = nn.Sequential(*layers)
-            self._out_feature_channels[name] = c
-            self._out_feature_strides[name] = 2**i
-        self.stages = nn.ModuleDict(stages)
-        self._check_out_features()
+        self._build_plain_stages(self._SPEC, width_mult, norm=norm, negative_slope=negative_slope)
 
 
 class _MaxPoolSame(nn.Module):
@@ -220,25 +232,7 @@ class DarknetTiny(_DarknetBase):
     def __init__(self, out_features=("dark4", "dark5"), width_mult: float = 1.0, norm: str = "BN",
                  negative_slope: float = 0.1):
         super().__init__(out_features, size_divisibility=32)
-        kw = dict(norm=norm, negative_slope=negative_slope)
-        stages, c = {}, 3
-        self._out_feature_channels, self._out_feature_strides = {}, {}
-        for i, (name, spec) in enumerate(self._SPEC):
-            layers: List[nn.Module] = []
-            for item in spec:
-                if item == "M":
-                    layers.append(nn.MaxPool2d(2, 2))
-                elif item == "S":
-                    layers.append(_MaxPoolSame())
-                else:
-                    out = _ch(item, width_mult)
-                    layers.append(ConvBNLeaky(c, out, 3, **kw))
-                    c = out
-            stages[name] = nn.Sequential(*layers)
-            self._out_feature_channels[name] = c
-            self._out_feature_strides[name] = 2**i
-        self.stages = nn.ModuleDict(stages)
-        self._check_out_features()
+        self._build_plain_stages(self._SPEC, width_mult, norm=norm, negative_slope=negative_slope)
 
 
 class YOLOv1Net(_DarknetBase):
