@@ -608,6 +608,28 @@ def _coco_annotation(ann: dict, ann_id: int, image_id) -> dict:
     return coco
 
 
+def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Optional[List[dict]]:
+    """:func:`_coco_annotation` of every annotation of one image at once, when all are XYWH boxes
+    with the same keys and at most one extra field (WIDER: ``attributes``); None otherwise. The
+    same dicts, built in one comprehension (40k faces per WIDER file)."""
+    keys = anns[0].keys()
+    extra = keys - _PLAIN_BOX_KEYS
+    if len(extra) > 1 or not extra.isdisjoint(_GEOMETRY_KEYS) or len(keys) - len(extra) != 4 or \
+            any(a.keys() != keys or a["bbox_mode"] != BOX_MODE_XYWH_ABS for a in anns):
+        return None
+    ids = range(first_id, first_id + len(anns))
+    if not extra:
+        return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
+                 "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
+                zip(ids, anns, [a["bbox"] for a in anns])]
+    (key,) = extra
+    if key in ("id", "image_id", "area") or not all(isinstance(a[key], _EXTRA_TYPES) for a in anns):
+        return None
+    return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
+             "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3], key: a[key]} for i, a, b in
+            zip(ids, anns, [a["bbox"] for a in anns])]
+
+
 _PLAIN_BOX_KEYS = {"bbox", "bbox_mode", "category_id", "iscrowd"}
 _GEOMETRY_KEYS = {"segmentation", "keypoints"}
 
@@ -749,8 +771,8 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
             num_images += 1
             anns = rec.get("annotations", ())
             if anns:
-                coco_anns = [_coco_annotation(ann, num_anns + k, image_id)
-                             for k, ann in enumerate(anns, 1)]
+                coco_anns = (_coco_box_annotations(anns, num_anns + 1, image_id)
+                             or [_coco_annotation(ann, num_anns + k, image_id) for k, ann in enumerate(anns, 1)])
                 num_anns += len(coco_anns)
                 anns_chunk.append((rec["file_name"], coco_anns))
             if len(images_chunk) >= _CHUNK:

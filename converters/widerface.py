@@ -43,6 +43,7 @@ import logging
 import os
 import re
 from itertools import islice, repeat
+from operator import add
 from typing import Iterator, List, Optional
 
 from d2ext.core import check_outputs
@@ -195,7 +196,16 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
             rows = []
         max_x = width if width is not None else MAX_COORDINATE
         max_y = height if height is not None else MAX_COORDINATE
-        for lineno, vals, bad in rows:  # hot loop: ~40k faces per file
+        fast = _clean_faces(rows, max_x, max_y)
+        if fast is not None:  # every face well formed, distinct and inside the image
+            annotations = [{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
+                            "iscrowd": invalid, "attributes": {
+                                "blur": blur, "expression": expression, "illumination": illumination,
+                                "invalid": invalid, "occlusion": occlusion, "pose": pose}}
+                           for x, y, w, h, blur, expression, illumination, invalid, occlusion, pose in fast]
+            crowd = sum(v[7] for v in fast)
+            rows = ()
+        for lineno, vals, bad in rows:  # the general loop: skips and repairs, face by face
             if bad is not None:  # a coordinate that is not a finite integer: face skipped
                 report.skip(src, lineno, bad, image=rel)
                 stats["num_faces_skipped"] += 1
@@ -251,6 +261,24 @@ _NUMBER_ROW = re.compile(r"[-+\d\s]+")
 # One well-formed face row: 4 integers, then the attributes in their ranges (ATTRIBUTE_MAX).
 _FACE_ROW = re.compile(r"-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+[012][ \t]+[01][ \t]+[01][ \t]+"
                        r"[01][ \t]+[012][ \t]+[01]")
+# All face rows of one image, one per line (rows are stripped, so no blank space around them).
+_FACE_BLOCK = re.compile(f"(?:{_FACE_ROW.pattern}\n)*{_FACE_ROW.pattern}")
+
+
+def _clean_faces(rows, max_x, max_y):
+    """The face values of ``rows`` when every face parsed, none repeats and every box has a
+    positive size inside ``[0, max_x] x [0, max_y]`` (the common case: no skip, no repair),
+    else None. Checked column-wise with C-level min/max, not face by face."""
+    if not rows:
+        return None
+    values = [vals for _, vals, _ in rows]
+    if None in values or len(set(values)) != len(values):
+        return None
+    xs, ys, ws, hs = list(zip(*values))[:4]
+    if min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and \
+            max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y:
+        return values
+    return None
 
 
 def _parse_faces(src, items, count_line, count):
@@ -258,9 +286,9 @@ def _parse_faces(src, items, count_line, count):
     by one regular expression (10 integers, attributes in range), one ``int`` map over all their
     numbers and one range check (the val file has 40k faces); an image with any other row goes
     through :func:`_parse_face` row by row for the exact message."""
-    texts = [text for _, text in items]
-    if all(map(_FACE_ROW.fullmatch, texts)):
-        flat = list(map(int, " ".join(texts).split()))
+    block = "\n".join([text for _, text in items])
+    if _FACE_BLOCK.fullmatch(block):  # one regex call per image, not per row
+        flat = list(map(int, block.split()))
         if max(flat) <= MAX_COORDINATE and min(flat) >= -MAX_COORDINATE:
             return list(zip([lineno for lineno, _ in items], zip(*[iter(flat)] * 10), repeat(None)))
     return [_parse_face(src, item, count_line, count) for item in items]

@@ -26,6 +26,7 @@ def add_d2ext_config(cfg: CN) -> CN:
     _add_pose_config(cfg)
     _add_evaluation_config(cfg)
     _add_lineage_config(cfg)
+    _add_solver_config(cfg)
     return cfg
 
 
@@ -330,6 +331,12 @@ def _add_evaluation_config(cfg: CN) -> None:
     cfg.TEST.COCO_USE_FAST_IMPL = False
     # Maximum number of images for which evaluators draw overlay PNGs (0 = none).
     cfg.TEST.NUM_VIS_IMAGES = 4
+    # Test-time augmentation of semantic segmenters (d2ext.modeling.SemSegTTA), used when
+    # Detectron2's TEST.AUG.ENABLED is True: class probabilities averaged over every scale factor
+    # (relative to the test scale, INPUT.AUG.BASE_SCALE) x flip. TEST.AUG.FLIP (Detectron2's)
+    # adds the horizontal flip, TEST.AUG.VFLIP the vertical and both together.
+    cfg.TEST.AUG.SCALE_FACTORS = (1.0,)
+    cfg.TEST.AUG.VFLIP = False
 
 
 def _add_lineage_config(cfg: CN) -> None:
@@ -363,3 +370,11 @@ def _add_lineage_config(cfg: CN) -> None:
     cfg.MODEL.RCNN_CLASSIC.HARD_NEGATIVE_ROUNDS = 3  # retrain on violating negatives this often
     cfg.MODEL.RCNN_CLASSIC.BBOX_REG_IOU = 0.6  # box-regression training pairs (paper: 0.6)
     cfg.MODEL.RCNN_CLASSIC.BBOX_REG_LAMBDA = 1000.0  # ridge penalty (paper: 1000)
+
+
+def _add_solver_config(cfg: CN) -> None:
+    # "SGD" (Detectron2's build_optimizer: momentum SOLVER.MOMENTUM, nesterov SOLVER.NESTEROV) or
+    # "AdamW" (Loshchilov & Hutter 2019; betas SOLVER.BETAS). Both use SOLVER.BASE_LR,
+    # WEIGHT_DECAY, WEIGHT_DECAY_NORM, BIAS_LR_FACTOR and gradient clipping as Detectron2 does.
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BETAS = (0.9, 0.999)

@@ -10,7 +10,7 @@ from d2ext.data.augmentations import (AUGMENTATION_REGISTRY, ChannelGainTransfor
                                       RandomScale, build_augmentations)
 from detectron2.config import get_cfg
 
-GEOMETRIC = ["scale_jitter", "random_crop", "flips"]
+GEOMETRIC = ["scale_jitter", "random_crop", "pad_to_crop", "flips"]
 PHOTOMETRIC = ["color_jitter", "hue_shift", "channel_gain", "gaussian_blur"]
 LEVELS = (230, 150, 60)  # grey of background / cytoplasm / nucleus: darker = higher class id
 
@@ -74,8 +74,31 @@ def test_geometric_augmentations_move_labels_with_pixels(tmp_path, names):
             assert (_labels_from_pixels(out["image"]) == sem[::-1, ::-1]).mean() < 0.9
     if names == ["scale_jitter"]:
         assert len(sizes) > 1  # the scale changes
-    if names == ["random_crop"]:
-        assert sizes == {(48, 48)}
+    if names in (["random_crop"], GEOMETRIC):
+        assert sizes == {(48, 48)}  # cropped when larger, mirrored out to the crop when smaller
+
+
+def test_reflect_pad_mirrors_labels_with_pixels():
+    from d2ext.data.augmentations import RandomReflectPad, ReflectPadTransform
+
+    yy, xx = np.mgrid[:5, :7]
+    labels = ((xx + 2 * yy) % 3).astype(np.uint8)
+    image = np.stack([labels * 80] * 3, -1).astype(np.uint8)
+    t = ReflectPadTransform(12, 3, 1, 20)  # pads larger than the image: mirrored in steps
+    img, lab = t.apply_image(image), t.apply_segmentation(labels)
+    assert img.shape == (20, 28, 3) and lab.shape == (20, 28)
+    np.testing.assert_array_equal(img[..., 0], lab * 80)  # every padded pixel keeps its label
+    np.testing.assert_array_equal(lab[12:17, 1:8], labels)  # the original at (left, top)
+    np.testing.assert_array_equal(lab[11, 1:8], labels[1])  # a mirror without repeating the edge row
+    assert t.apply_coords(np.array([[0.0, 0.0]])).tolist() == [[1.0, 12.0]]
+    one = ReflectPadTransform(2, 1, 0, 0).apply_segmentation(np.array([[4, 5]], np.uint8))
+    assert one.tolist() == [[4, 5]] * 4  # a 1-pixel-high image is replicated
+    np.random.seed(0)
+    from detectron2.data.transforms import NoOpTransform
+
+    assert isinstance(RandomReflectPad(4, 4).get_transform(image), NoOpTransform)  # already large enough
+    tops = {RandomReflectPad(9, 7).get_transform(image).top for _ in range(30)}
+    assert tops == {0, 1, 2, 3, 4}  # the image lands anywhere inside
 
 
 @pytest.mark.parametrize("name", PHOTOMETRIC)

@@ -174,3 +174,32 @@ def test_train_net_trains_and_evaluates_unet_on_wbc(shared_data, run_tool, tmp_p
     )
     assert "copypaste: mIoU,mDice,fgIoU,fgDice,pACC" in proc.stdout + proc.stderr
     assert len(list((out / "inference" / "wbc_seg_binary_test" / "overlays").glob("*.png"))) == 4
+
+
+def test_narrow_group_and_instance_norms():
+    from d2ext.modeling.norm import get_norm
+
+    gn = get_norm("GN8", 16)
+    assert isinstance(gn, torch.nn.GroupNorm) and (gn.num_groups, gn.num_channels) == (8, 16)
+    inorm = get_norm("IN", 16)
+    assert (inorm.num_groups, inorm.num_channels) == (16, 16)
+    assert get_norm("", 16) is None
+    assert type(get_norm("BN", 16)).__name__ == "BatchNorm2d"  # Detectron2's names still work
+    with pytest.raises(ValueError, match="groups"):
+        get_norm("GN8", 12)
+    # a U-Net at 1/4 width (16 channels: Detectron2's 32-group "GN" cannot) with GN8 everywhere
+    opts = SMALL_UNET + ["MODEL.DEVICE", "cpu", "MODEL.UNET.ENCODER_NORM", "GN8", "MODEL.SEM_SEG_HEAD.NORM", "GN8",
+                         "MODEL.UNET.ENCODER_CHANNELS", [16, 32, 64]]
+    model = build_model(setup_cfg("", opts)).eval()
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.backbone.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.sem_seg_head.modules())
+    # per-image statistics, in training as at test: an image's features do not depend on the
+    # rest of the batch (BatchNorm's would)
+    torch.manual_seed(0)
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32) * 5 + 2
+    for norm, independent in (("GN8", True), ("BN", False)):
+        enc = UNetEncoder(3, (16, 32), norm=norm).train()
+        with torch.no_grad():
+            alone = enc(a)["enc2"]
+            paired = enc(torch.cat([a, b]))["enc2"][:1]
+        assert torch.allclose(alone, paired, atol=1e-5) == independent, norm

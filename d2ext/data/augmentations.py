@@ -10,7 +10,9 @@ Training recipe (``INPUT.DATASET_MAPPER_NAME: "AugmentedDatasetMapper"``): the n
 ``scale_jitter``  :class:`RandomScale`: resize by ``INPUT.AUG.BASE_SCALE`` x a factor drawn
                   log-uniformly from ``INPUT.AUG.SCALE_RANGE`` (cells 0.4x-3x their size)
 ``random_crop``   Detectron2 ``T.RandomCrop("absolute", INPUT.AUG.CROP_SIZE x BASE_SCALE)``
-                  (no-op on smaller images; the batch is padded with the ignore label)
+                  (no-op on smaller images)
+``pad_to_crop``   :class:`RandomReflectPad`: a smaller image is mirrored out to the crop size
+                  (sem-seg only; without it the batch is padded with the ignore label)
 ``flips``         Detectron2 ``T.RandomFlip`` horizontal and vertical (cells have no "up")
 ``color_jitter``  Detectron2 ``T.RandomBrightness`` / ``RandomContrast`` / ``RandomSaturation``
 ``hue_shift``     :class:`RandomHue` (HSV hue rotation: stains differ in hue)
@@ -47,8 +49,8 @@ from .mappers import DATASET_MAPPER_REGISTRY
 
 __all__ = [
     "AUGMENTATION_REGISTRY", "build_augmentations", "AugmentedDatasetMapper",
-    "RandomScale", "RandomHue", "RandomChannelGain", "RandomGaussianBlur", "JitteredCrop",
-    "HueShiftTransform", "ChannelGainTransform", "GaussianBlurTransform",
+    "RandomScale", "RandomHue", "RandomChannelGain", "RandomGaussianBlur", "JitteredCrop", "RandomReflectPad",
+    "HueShiftTransform", "ChannelGainTransform", "GaussianBlurTransform", "ReflectPadTransform",
     "SHIFTS", "shift_augmentations", "apply_shift",
 ]
 
@@ -108,6 +110,48 @@ class ChannelGainTransform(_PhotometricTransform):
 
     def apply_image(self, img):
         return _as_uint8(img.astype(np.float32) * self.gains)
+
+
+class ReflectPadTransform(T.Transform):
+    """Pad by ``(top, bottom, left, right)`` pixels, mirroring the image (OpenCV
+    ``BORDER_REFLECT_101``); label maps are mirrored the same way, so every padded pixel keeps a
+    true label; coordinates shift by ``(left, top)``. For semantic segmentation: mirrored objects
+    get no instance annotation."""
+
+    def __init__(self, top: int, bottom: int, left: int, right: int):
+        super().__init__()
+        self._set_attributes(locals())
+
+    def _pad(self, arr):
+        import cv2
+
+        t, b, l, r = self.top, self.bottom, self.left, self.right
+        # REFLECT_101 mirrors at most size - 1 pixels at once: pad in steps on tiny images
+        while t or b or l or r:
+            h, w = arr.shape[:2]
+            st, sb = min(t, h - 1), min(b, h - 1)
+            sl, sr = min(l, w - 1), min(r, w - 1)
+            if h == 1 and (t or b) or w == 1 and (l or r):  # a 1-pixel side mirrors as a copy
+                arr = cv2.copyMakeBorder(arr, t, b, l, r, cv2.BORDER_REPLICATE)
+                break
+            arr = cv2.copyMakeBorder(arr, st, sb, sl, sr, cv2.BORDER_REFLECT_101)
+            t, b, l, r = t - st, b - sb, l - sl, r - sr
+        return arr
+
+    def apply_image(self, img):
+        return self._pad(np.ascontiguousarray(img))
+
+    def apply_segmentation(self, segmentation):
+        return self._pad(np.ascontiguousarray(segmentation))
+
+    def apply_coords(self, coords):
+        coords = np.asarray(coords, dtype=np.float64).copy()
+        coords[:, 0] += self.left
+        coords[:, 1] += self.top
+        return coords
+
+    def inverse(self):
+        raise NotImplementedError("ReflectPadTransform is a training augmentation")
 
 
 class GaussianBlurTransform(_PhotometricTransform):
@@ -183,6 +227,25 @@ class RandomGaussianBlur(T.Augmentation):
         return GaussianBlurTransform(float(np.random.uniform(self.min_sigma, self.max_sigma)))
 
 
+class RandomReflectPad(T.Augmentation):
+    """Pad an image smaller than ``(min_height, min_width)`` up to that size by mirroring
+    (:class:`ReflectPadTransform`), the image at a random place inside: a zoomed-out sample fills
+    the crop with cells instead of batch padding (no pixel the loss ignores, and BatchNorm sees
+    the statistics of real images)."""
+
+    def __init__(self, min_height: int, min_width: int):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        dh, dw = max(0, self.min_height - h), max(0, self.min_width - w)
+        if not dh and not dw:
+            return T.NoOpTransform()
+        top, left = int(np.random.randint(0, dh + 1)), int(np.random.randint(0, dw + 1))
+        return ReflectPadTransform(top, dh - top, left, dw - left)
+
+
 class JitteredCrop(T.Augmentation):
     """Crop ``(height, width)`` (clipped to the image) around the centre, shifted by up to
     ``jitter`` of the slack each way with a private seeded generator: the same ``seed`` gives
@@ -216,6 +279,12 @@ def scale_jitter(cfg) -> List[T.Augmentation]:
 def random_crop(cfg) -> List[T.Augmentation]:
     s = cfg.INPUT.AUG.BASE_SCALE  # the crop covers the same field of view at any working scale
     return [T.RandomCrop("absolute", tuple(max(1, int(round(c * s))) for c in cfg.INPUT.AUG.CROP_SIZE))]
+
+
+@AUGMENTATION_REGISTRY.register()
+def pad_to_crop(cfg) -> List[T.Augmentation]:
+    s = cfg.INPUT.AUG.BASE_SCALE  # the size random_crop cuts (semantic segmentation only)
+    return [RandomReflectPad(*(max(1, int(round(c * s))) for c in cfg.INPUT.AUG.CROP_SIZE))]
 
 
 @AUGMENTATION_REGISTRY.register()

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..checkpoint import SafeCheckpointer
 from ..data import build_dataset_mapper
+from ..modeling.test_time_augmentation import with_test_time_augmentation
 
 __all__ = ["Predictor", "outputs_to_coco_results", "list_images", "IMAGE_EXTENSIONS"]
 
@@ -46,6 +47,7 @@ class Predictor:
         self.model.eval()
         if cfg.MODEL.WEIGHTS:
             SafeCheckpointer(self.model, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL).load(cfg.MODEL.WEIGHTS)
+        self.model = with_test_time_augmentation(self.cfg, self.model)  # TEST.AUG.* (sem-seg)
         self.mapper = build_dataset_mapper(self.cfg, False)
         names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
         self.metadata = MetadataCatalog.get(names[0]) if names else None

@@ -80,6 +80,9 @@ def add_arguments(parser):
     parser.add_argument("--wbc-scale", type=float, default=0.43,
                         help="wbc_seg rows: INPUT.AUG.BASE_SCALE, the factor every image is resized by "
                              "(train and test; 1 = native; 0.43 = the 128-px side of 300 of --wbc-recipe none)")
+    parser.add_argument("--wbc-opts", nargs="+", default=[], metavar="KEY VALUE",
+                        help="wbc_seg rows: extra config overrides of every trained model, after the row's "
+                             "own (ablations, e.g. TEST.AUG.ENABLED False)")
     parser.add_argument("--wbc-size", type=int, default=128,
                         help="wbc_seg rows, --wbc-recipe none: the U-Net's fixed short side")
 
@@ -192,7 +195,9 @@ def _recipe_opts(model: str, args) -> list:
                  "INPUT.RANDOM_FLIP", "horizontal"]
     else:
         opts += ["INPUT.AUG.BASE_SCALE", str(args.wbc_scale)]
-    return opts
+    if len(args.wbc_opts) % 2:
+        raise SystemExit(f"--wbc-opts needs KEY VALUE pairs, got {args.wbc_opts}")
+    return opts + list(args.wbc_opts)
 
 
 def _train(model: str, mode_tag: str, data: _Data, args, row: str):
@@ -229,6 +234,9 @@ def _score(method: str, net, cfg, dataset: str, out_dir: str):
                                    distributed=False, num_vis=cfg.TEST.NUM_VIS_IMAGES)
     else:
         ev = SegmentationMetricsEvaluator(dataset, out_dir, distributed=False, num_vis=cfg.TEST.NUM_VIS_IMAGES)
+    from d2ext.modeling.test_time_augmentation import with_test_time_augmentation
+
+    net = with_test_time_augmentation(cfg, net)  # TEST.AUG.* (U-Net, DeepLab)
     res = inference_on_dataset(net, Trainer.build_test_loader(cfg, dataset), ev)
     return next(iter(res.values())), ev.per_image_report()
 

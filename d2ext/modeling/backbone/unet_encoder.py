@@ -8,10 +8,12 @@ Each level is two 3x3 convolutions (+ optional norm) + ReLU; levels after the fi
 """
 from typing import Dict, List, Sequence
 
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
 from torch.nn import functional as F
+
+from ..norm import get_norm
 
 __all__ = ["DoubleConv", "UNetEncoder", "build_unet_encoder_backbone"]
 
