@@ -39,7 +39,8 @@ Files:
 - ``iter_text_lines(path, fmt) -> iterator of (lineno, text)``: streams a text file (1-based line
   numbers) as strict UTF-8, drops a UTF-8 BOM and CR/LF line ends; bad bytes raise a
   ``ConversionError`` naming the line. ``skip_blank=True`` yields only non-blank lines,
-  stripped. Missing file -> ``ConversionError(path, None, ...)``.
+  stripped. Missing file -> ``ConversionError(path, None, ...)``. ``iter_text_blocks`` gives the
+  same as ``(line numbers, lines)`` lists, one ~1 MiB block at a time.
 - ``atomic_write_json(path, obj, indent=None)``, ``atomic_write_bytes(path, data)``,
   ``atomic_open(path, mode="w")``: re-exported from :mod:`d2ext.core` (the one atomic writer).
 - ``read_image_size(path) -> (height, width)`` from the image header (no pixel decode; JPEGs
@@ -80,6 +81,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from operator import itemgetter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from d2ext.core import (OutputBatch, atomic_open, atomic_write_bytes, atomic_write_json,  # noqa: F401
@@ -265,13 +267,13 @@ def check_box_xyxy(box, width, height, report: ConversionReport, file, line, wha
 # --------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------
-def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
-                    block_size: int = 1 << 20) -> Iterator[Tuple[int, str]]:
-    """Stream ``(lineno, text)`` from a UTF-8 text file: BOM dropped, CR/LF stripped.
-
-    Reads blocks of ``block_size`` bytes (memory stays bounded) and decodes each block at once.
-    ``skip_blank=True`` yields only non-blank lines, stripped of surrounding whitespace.
-    """
+def iter_text_blocks(path, fmt: str = "common", *, skip_blank: bool = False,
+                     block_size: int = 1 << 20) -> Iterator[Tuple[List[int], List[str]]]:
+    """Stream a UTF-8 text file as ``(line numbers, lines)`` lists, one block of about
+    ``block_size`` bytes (whole lines) at a time: BOM dropped, CR/LF stripped, strict UTF-8 (bad
+    bytes raise a ``ConversionError`` naming the line). ``skip_blank=True`` keeps only non-blank
+    lines, stripped of surrounding whitespace. For parsers that take many lines at once (a WIDER
+    image's face rows are one slice); :func:`iter_text_lines` gives them one by one."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -308,16 +310,30 @@ def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
             lines = text.split("\n")
             if lines[-1] == "":
                 lines.pop()
-            for line in lines:
-                lineno += 1
-                if skip_blank:
-                    line = line.strip()
-                    if line:
-                        yield lineno, line
-                else:
-                    yield lineno, line[:-1] if line.endswith("\r") else line
+            numbers = range(lineno + 1, lineno + 1 + len(lines))
+            lineno += len(lines)
+            if skip_blank:
+                lines = [line.strip() for line in lines]
+                if "" in lines:
+                    numbers = [n for n, line in zip(numbers, lines) if line]
+                    lines = [line for line in lines if line]
+            else:
+                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+            if lines:
+                yield list(numbers), lines
             if eof:
                 return
+
+
+def iter_text_lines(path, fmt: str = "common", *, skip_blank: bool = False,
+                    block_size: int = 1 << 20) -> Iterator[Tuple[int, str]]:
+    """Stream ``(lineno, text)`` from a UTF-8 text file: BOM dropped, CR/LF stripped.
+
+    Reads blocks of ``block_size`` bytes (memory stays bounded) and decodes each block at once.
+    ``skip_blank=True`` yields only non-blank lines, stripped of surrounding whitespace.
+    """
+    for numbers, lines in iter_text_blocks(path, fmt, skip_blank=skip_blank, block_size=block_size):
+        yield from zip(numbers, lines)
 
 
 def read_image_size(path, fmt: str = "common") -> Tuple[int, int]:
@@ -351,36 +367,51 @@ def jpeg_header_size(path) -> Optional[Tuple[int, int]]:
     reading the header costs the same either way (the ``open`` dominates).
     """
     orientation = 1
-    with open(path, "rb") as f:
-        if f.read(2) != b"\xff\xd8":
+    # One os.read of the first 4 KiB usually holds every marker up to the SOF (raw fd reads, no
+    # buffered file object: the open dominates on 3k small files); more is read only as needed.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        buf = os.read(fd, 4096)
+
+        def need(end):  # make buf hold bytes [0, end); False at the end of the file
+            nonlocal buf
+            while len(buf) < end:
+                more = os.read(fd, max(end - len(buf), 65536))
+                if not more:
+                    return False
+                buf += more
+            return True
+
+        if buf[:2] != b"\xff\xd8":
             return None
+        pos = 2
         while True:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0xFF:
+            if not need(pos + 4) or buf[pos] != 0xFF:
                 return None  # truncated, or fill bytes / a marker without length: PIL decides
-            marker, length = head[1], (head[2] << 8) | head[3]
+            marker, length = buf[pos + 1], (buf[pos + 2] << 8) | buf[pos + 3]
             if length < 2:
                 return None
             if 0xC0 <= marker <= 0xCF and marker not in _JPEG_NOT_SOF:
-                sof = f.read(5)
-                if len(sof) < 5:
+                if not need(pos + 9):
                     return None
-                height, width = (sof[1] << 8) | sof[2], (sof[3] << 8) | sof[4]
+                height, width = (buf[pos + 5] << 8) | buf[pos + 6], (buf[pos + 7] << 8) | buf[pos + 8]
                 if height == 0 or width == 0:  # height given later by a DNL marker
                     return None
                 return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
             if marker == 0xE1 and orientation == 1:
-                payload = f.read(length - 2)
+                need(pos + 2 + length)
+                payload = buf[pos + 4:pos + 2 + length]
                 if payload.startswith(b"Exif\x00\x00"):
                     orientation = _exif_orientation(payload[6:])
                     if orientation is None:
                         return None
                     if orientation == 1:
                         orientation = 0  # the first EXIF block decides, as in PIL
-                continue
-            if marker == 0xDA or marker == 0xD9:  # scan data or end before any SOF
+            elif marker == 0xDA or marker == 0xD9:  # scan data or end before any SOF
                 return None
-            f.seek(length - 2, 1)
+            pos += 2 + length
+    finally:
+        os.close(fd)
 
 
 def _exif_orientation(tiff: bytes) -> Optional[int]:
@@ -481,8 +512,21 @@ class ImagePaths:
         self.root = None if root is None else os.fspath(root)
         self._dirs: Dict[str, bool] = {}
         self._symlinks: Dict[str, set] = {}
+        # "folder/" as written -> its symlink names, for folders whose files resolve() accepted:
+        # the next file there needs only a look at its own name (3k images, 61 folders)
+        self._accepted: Dict[str, set] = {}
 
     def resolve(self, relative: str) -> Optional[str]:
+        folder, sep, base = relative.rpartition("/")
+        links = self._accepted.get(folder) if sep else None
+        if links is not None and base not in links and base not in ("", ".", "..") and "\\" not in base:
+            return os.path.join(self.root, relative)
+        path = self._resolve(relative)
+        if path is not None and sep and self.root is not None and "\\" not in relative:
+            self._accepted[folder] = self._links(os.path.split(relative)[0])
+        return path
+
+    def _resolve(self, relative: str) -> Optional[str]:
         rel = relative.replace("\\", "/")
         if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or \
                 ".." in rel.split("/"):
@@ -573,6 +617,7 @@ def _xywh(ann: dict) -> List[float]:
 
 
 _EXTRA_TYPES = (str, int, float, bool, type(None), list, tuple, dict)
+_EXTRA_TYPE_SET = set(_EXTRA_TYPES)  # exact types (a subclass takes the general path)
 
 
 def _coco_annotation(ann: dict, ann_id: int, image_id) -> dict:
@@ -614,8 +659,10 @@ def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Opti
     same dicts, built in one comprehension (40k faces per WIDER file)."""
     keys = anns[0].keys()
     extra = keys - _PLAIN_BOX_KEYS
+    # the checks run as C-level map/set passes (tuple(dict) is its keys in order: one key layout)
     if len(extra) > 1 or not extra.isdisjoint(_GEOMETRY_KEYS) or len(keys) - len(extra) != 4 or \
-            any(a.keys() != keys or a["bbox_mode"] != BOX_MODE_XYWH_ABS for a in anns):
+            len(set(map(tuple, anns))) != 1 or \
+            set(map(itemgetter("bbox_mode"), anns)) != {BOX_MODE_XYWH_ABS}:
         return None
     ids = range(first_id, first_id + len(anns))
     if not extra:
@@ -623,7 +670,8 @@ def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Opti
                  "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
                 zip(ids, anns, [a["bbox"] for a in anns])]
     (key,) = extra
-    if key in ("id", "image_id", "area") or not all(isinstance(a[key], _EXTRA_TYPES) for a in anns):
+    if key in ("id", "image_id", "area") or \
+            not set(map(type, map(itemgetter(key), anns))) <= _EXTRA_TYPE_SET:
         return None
     return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
              "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3], key: a[key]} for i, a, b in

@@ -42,14 +42,14 @@ skipped images), ``num_empty_images``, ``num_crowd_faces`` (invalid=1).
 import logging
 import os
 import re
-from itertools import islice, repeat
+from itertools import chain, repeat
 from operator import add
 from typing import Iterator, List, Optional
 
 from d2ext.core import check_outputs
 
 from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, ConversionError, ConversionReport,
-                     ImagePaths, check_box_xyxy, export_coco_json, iter_text_lines,
+                     ImagePaths, check_box_xyxy, export_coco_json, iter_text_blocks,
                      progress, read_image_size, register_dataset, require_dir)
 
 logger = logging.getLogger(__name__)
@@ -63,24 +63,47 @@ ATTRIBUTE_MAX = {"blur": 2, "expression": 1, "illumination": 1, "invalid": 1, "o
 
 
 class _Lines:
-    """Non-blank, stripped lines with one-line look-ahead."""
+    """Non-blank, stripped lines with their numbers, read a block (~1 MiB) at a time and handed
+    out one (``next``/``peek``) or many (``take``: an image's face rows, one list slice)."""
 
     def __init__(self, path):
-        self._it = iter_text_lines(path, FORMAT, skip_blank=True)
-        self._peeked = None
+        self._blocks = iter_text_blocks(path, FORMAT, skip_blank=True)
+        self._nums: List[int] = []
+        self._texts: List[str] = []
+        self._pos = 0
         self.last_lineno = 0
 
+    def _more(self) -> bool:
+        block = next(self._blocks, None)
+        if block is None:
+            return False
+        self._nums = self._nums[self._pos:] + block[0]
+        self._texts = self._texts[self._pos:] + block[1]
+        self._pos = 0
+        return True
+
     def peek(self):
-        if self._peeked is None:
-            self._peeked = next(self._it, None)
-            if self._peeked is not None:
-                self.last_lineno = self._peeked[0]
-        return self._peeked
+        if self._pos >= len(self._texts) and not self._more():
+            return None
+        return self._nums[self._pos], self._texts[self._pos]
 
     def next(self):
-        item = self._peeked if self._peeked is not None else self.peek()
-        self._peeked = None
+        item = self.peek()
+        if item is not None:
+            self._pos += 1
+            self.last_lineno = item[0]
         return item
+
+    def take(self, n: int):
+        """``(line numbers, texts)`` of the next ``n`` lines (fewer at the end of the file)."""
+        while self._pos + n > len(self._texts) and self._more():
+            pass
+        end = self._pos + n
+        nums, texts = self._nums[self._pos:end], self._texts[self._pos:end]
+        self._pos += len(texts)
+        if nums:
+            self.last_lineno = nums[-1]
+        return nums, texts
 
 
 def _ints(text: str):
@@ -111,7 +134,6 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         require_dir(image_root, "image folder", FORMAT)
     paths = ImagePaths(image_root)
     lines = _Lines(src)
-    face_lines = lines._it  # no look-ahead is pending while face rows are read
     seen_paths = {}
     stats = dict(num_face_rows=0, num_faces_kept=0, num_faces_skipped=0, num_empty_images=0,
                  num_crowd_faces=0)
@@ -145,15 +167,17 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
             raise ConversionError(src, count_line, f"expected a face count (one integer >= 0) for "
                                   f"'{rel}', got '{count_text}'", FORMAT)
         stats["num_face_rows"] += count
-        rows = []
-        if count:  # hot path: all face rows of the image at once, straight from the line stream
-            items = list(islice(face_lines, count))
-            if len(items) < count:
-                raise ConversionError(src, items[-1][0] if items else count_line,
-                                      f"file ends after {len(items)} of {count} faces "
+        parsed, rows = None, ()
+        if count:  # hot path: all face rows of the image at once, one slice of the line buffer
+            nums, texts = lines.take(count)
+            if len(texts) < count:
+                raise ConversionError(src, nums[-1] if nums else count_line,
+                                      f"file ends after {len(texts)} of {count} faces "
                                       f"of '{rel}' (count on line {count_line})", FORMAT)
-            last_line = items[-1][0]
-            rows = _parse_faces(src, items, count_line, count)
+            parsed = _parse_faces(texts)
+            if parsed is None:  # some row is not 10 plain integers in range: row by row
+                rows = [_parse_face(src, item, count_line, count) for item in zip(nums, texts)]
+            last_line = nums[-1]
         lines.last_lineno = last_line
         if count == 0:
             # Train-file form of a face-less image: count 0 followed by one dummy row of zeros.
@@ -189,22 +213,25 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         annotations = []
         first_seen = {}
         crowd = 0
-        if count == 1 and rows[0][1] is not None and not any(rows[0][1]):
-            report.skip(src, rows[0][0], "placeholder row of a face-less image (count 1, all zeros)",
-                        image=rel)
-            stats["num_faces_skipped"] += 1
-            rows = []
+        if count == 1:
+            first = parsed[0][0] if parsed is not None else rows[0][1]
+            if first is not None and not any(first):
+                report.skip(src, nums[0], "placeholder row of a face-less image (count 1, all zeros)",
+                            image=rel)
+                stats["num_faces_skipped"] += 1
+                parsed, rows = None, ()
         max_x = width if width is not None else MAX_COORDINATE
         max_y = height if height is not None else MAX_COORDINATE
-        fast = _clean_faces(rows, max_x, max_y)
-        if fast is not None:  # every face well formed, distinct and inside the image
+        if parsed is not None and _clean_faces(parsed, max_x, max_y):
+            # every face well formed, distinct and inside the image: one comprehension
             annotations = [{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
                             "iscrowd": invalid, "attributes": {
                                 "blur": blur, "expression": expression, "illumination": illumination,
                                 "invalid": invalid, "occlusion": occlusion, "pose": pose}}
-                           for x, y, w, h, blur, expression, illumination, invalid, occlusion, pose in fast]
-            crowd = sum(v[7] for v in fast)
-            rows = ()
+                           for x, y, w, h, blur, expression, illumination, invalid, occlusion, pose in parsed[0]]
+            crowd = sum(parsed[1][7])  # the invalid column
+        elif parsed is not None:
+            rows = zip(nums, parsed[0], repeat(None))
         for lineno, vals, bad in rows:  # the general loop: skips and repairs, face by face
             if bad is not None:  # a coordinate that is not a finite integer: face skipped
                 report.skip(src, lineno, bad, image=rel)
@@ -258,40 +285,40 @@ _FIELDS = ("x1", "y1", "w", "h") + ATTRIBUTE_NAMES
 
 # A row made only of integers (a path line that is one is an error: a face count too small).
 _NUMBER_ROW = re.compile(r"[-+\d\s]+")
-# One well-formed face row: 4 integers, then the attributes in their ranges (ATTRIBUTE_MAX).
-_FACE_ROW = re.compile(r"-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+-?\d+[ \t]+[012][ \t]+[01][ \t]+[01][ \t]+"
-                       r"[01][ \t]+[012][ \t]+[01]")
-# All face rows of one image, one per line (rows are stripped, so no blank space around them).
-_FACE_BLOCK = re.compile(f"(?:{_FACE_ROW.pattern}\n)*{_FACE_ROW.pattern}")
+# The attribute values a well-formed row spells as one digit (the exact ranges: ATTRIBUTE_MAX).
+_ATTRIBUTE_VALUE = {"0": 0, "1": 1, "2": 2}
+_ONE_VALUED = [i for i, name in enumerate(ATTRIBUTE_NAMES) if ATTRIBUTE_MAX[name] == 1]
 
 
-def _clean_faces(rows, max_x, max_y):
-    """The face values of ``rows`` when every face parsed, none repeats and every box has a
-    positive size inside ``[0, max_x] x [0, max_y]`` (the common case: no skip, no repair),
-    else None. Checked column-wise with C-level min/max, not face by face."""
-    if not rows:
+def _parse_faces(texts):
+    """The faces of one image (its face rows ``texts``) as ``(values, columns)`` -- a 10-int
+    tuple per face and the 10 columns as lists -- when every row is 10 integers, coordinates
+    within +-MAX_COORDINATE and attributes single digits in range (the whole val file); None
+    otherwise, and the caller goes row by row through :func:`_parse_face` for the exact skip or
+    error. Column-wise (one ``int`` map per coordinate column, one dict lookup map per attribute
+    column, C-level min/max checks), not row by row: 40k faces per WIDER file."""
+    tokens = [t.split() for t in texts]
+    if set(map(len, tokens)) != {10}:
         return None
-    values = [vals for _, vals, _ in rows]
-    if None in values or len(set(values)) != len(values):
+    flat = list(chain.from_iterable(tokens))
+    try:
+        columns = [list(map(int, flat[i::10])) for i in range(4)] + \
+                  [list(map(_ATTRIBUTE_VALUE.__getitem__, flat[i::10])) for i in range(4, 10)]
+    except (KeyError, ValueError):
         return None
-    xs, ys, ws, hs = list(zip(*values))[:4]
-    if min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and \
-            max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y:
-        return values
-    return None
+    if any(max(columns[4 + i]) > 1 for i in _ONE_VALUED) or \
+            max(map(max, columns[:4])) > MAX_COORDINATE or min(map(min, columns[:4])) < -MAX_COORDINATE:
+        return None
+    return list(zip(*columns)), columns
 
 
-def _parse_faces(src, items, count_line, count):
-    """:func:`_parse_face` for all ``items`` (``(lineno, text)``) of one image: each row checked
-    by one regular expression (10 integers, attributes in range), one ``int`` map over all their
-    numbers and one range check (the val file has 40k faces); an image with any other row goes
-    through :func:`_parse_face` row by row for the exact message."""
-    block = "\n".join([text for _, text in items])
-    if _FACE_BLOCK.fullmatch(block):  # one regex call per image, not per row
-        flat = list(map(int, block.split()))
-        if max(flat) <= MAX_COORDINATE and min(flat) >= -MAX_COORDINATE:
-            return list(zip([lineno for lineno, _ in items], zip(*[iter(flat)] * 10), repeat(None)))
-    return [_parse_face(src, item, count_line, count) for item in items]
+def _clean_faces(parsed, max_x, max_y) -> bool:
+    """Whether the faces ``(values, columns)`` of :func:`_parse_faces` need no skip and no repair:
+    no face repeats, every box has a positive size inside ``[0, max_x] x [0, max_y]``. Checked
+    column-wise with C-level min/max, not face by face."""
+    faces, (xs, ys, ws, hs) = parsed[0], parsed[1][:4]
+    return min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and \
+        max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y and len(set(faces)) == len(faces)
 
 
 def _parse_face(src, item, count_line, count):

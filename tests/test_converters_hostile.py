@@ -279,6 +279,16 @@ def test_wider_symlinked_folder_pointing_outside_is_refused(wider):
     assert rep["skipped"][0]["line"] == 4 and "leaves the image folder" in rep["skipped"][0]["reason"]
 
 
+def test_wider_symlinked_file_after_a_good_one_in_its_folder_is_refused(wider):
+    tmp_path, _, imgs = wider
+    os.symlink(tmp_path / "outside.jpg", imgs / "0--A" / "link.jpg")  # b.jpg there is fine
+    rc, rep = _wider_run(tmp_path, f"0--A/a.jpg\n1\n{FACE}\n0--A/link.jpg\n1\n{FACE}\n"
+                                   f"0--A/b.jpg\n1\n{FACE}\n0--A/..\n1\n{FACE}\n")
+    assert rc == 0 and rep["num_images"] == 2
+    assert [(s["line"], "leaves the image folder" in s["reason"]) for s in rep["skipped"]] == [
+        (4, True), (10, True)]
+
+
 def test_bccd_csv_paths_and_numbers(bccd, capsys):
     tmp_path, imgs = bccd
     rows = ["a.jpg,RBC,1,10,1,10", "../secret.jpg,RBC,1,10,1,10", f"{tmp_path}/secret.jpg,WBC,1,10,1,10",
@@ -615,6 +625,18 @@ def test_jpeg_header_size_matches_pil_and_imagesize(tmp_path, orientation):
             w, h = h, w
     assert jpeg_header_size(path) == (h, w) == read_image_size(path)
     assert imagesize.get(path) == (w, h)
+
+
+@pytest.mark.parametrize("icc_bytes", [5000, 150000])
+def test_jpeg_header_size_past_large_headers(tmp_path, icc_bytes):
+    # APP2 segments (an ICC profile split over 3 of them at 150 kB) push the SOF beyond the first
+    # read; EXIF written after them still decides the orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "x.jpg", icc_profile=bytes(range(256)) * (icc_bytes // 256),
+                                    exif=exif.tobytes())
+    assert (tmp_path / "x.jpg").stat().st_size > icc_bytes
+    assert jpeg_header_size(tmp_path / "x.jpg") == (40, 30)
 
 
 def test_jpeg_header_size_falls_back_on_odd_files(tmp_path):

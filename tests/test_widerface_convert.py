@@ -130,3 +130,34 @@ def test_real_val_counts_and_mat_attributes(shared_data):
 def test_real_train_first4(shared_data):
     recs = load_widerface(shared_data / "widerface" / "wider_face_split" / "wider_face_train_bbx_gt_first4.txt")
     assert len(recs) == 4 and sum(len(r["annotations"]) for r in recs) == 32
+
+
+def test_column_parser_agrees_with_row_parser():
+    """The column-wise face parser (the hot path) gives the row parser's values, or declines
+    (None) whenever some row needs the row parser's skip or error."""
+    import random
+
+    from converters.widerface import _parse_face, _parse_faces
+
+    rng = random.Random(0)
+    odd = ["+3", "007", "1_0", "2.5", "nan", "x", "3", "-1", "1048577", "\u0663"]
+    for _ in range(400):
+        rows = []
+        for _ in range(rng.randint(1, 6)):
+            vals = [str(rng.randint(-5, 400)) for _ in range(4)] + [str(rng.randint(0, 2)) for _ in range(6)]
+            if rng.random() < 0.15:
+                vals[rng.randrange(10)] = rng.choice(odd)
+            if rng.random() < 0.05:
+                vals.pop()
+            rows.append(rng.choice([" ", "\t", "  "]).join(vals))
+        try:
+            slow = [_parse_face("f.txt", (i, t), 0, len(rows)) for i, t in enumerate(rows, 1)]
+        except ConversionError:
+            slow = None
+        fast = _parse_faces(rows)
+        if fast is not None:
+            assert slow is not None and [v for _, v, _ in slow] == fast[0]
+            assert fast[1] == [list(col) for col in zip(*fast[0])]
+        elif slow is not None:  # declined: a row the row parser skips, or one it reads differently
+            assert any(bad is not None for _, _, bad in slow) or any(
+                c not in "0123456789- \t" for r in rows for c in r)
