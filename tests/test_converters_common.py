@@ -220,3 +220,15 @@ def test_convert_cli_starts_without_torch(repo_root):
             "print(sorted(m for m in ('torch', 'detectron2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo_root)
     assert out.stdout.strip() == "[]"
+
+
+def test_coco_export_same_bytes_when_annotations_spill_to_disk(tmp_path, monkeypatch):
+    # 600 images = 3 encoder chunks; a 1 kB spool limit sends the annotations to a temp file
+    recs = [make_record(f"/d/{i}.jpg", i + 1, [make_box_annotation([1, 2, 3, 4], i % 2, bbox_mode=BOX_MODE_XYWH_ABS)],
+                        height=10, width=20) for i in range(600)]
+    export_coco_json(recs, ["a", "b"], tmp_path / "memory.json")
+    monkeypatch.setattr(common, "_SPOOL_MEMORY", 1000)
+    export_coco_json(recs, ["a", "b"], tmp_path / "disk.json")
+    data = (tmp_path / "disk.json").read_bytes()
+    assert data == (tmp_path / "memory.json").read_bytes() and len(data) > 50_000
+    assert [a["id"] for a in json.loads(data)["annotations"]] == list(range(1, 601))
