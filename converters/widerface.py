@@ -42,8 +42,8 @@ skipped images), ``num_empty_images``, ``num_crowd_faces`` (invalid=1).
 import logging
 import os
 import re
-from itertools import chain, repeat
-from operator import add
+from itertools import product, repeat
+from operator import add, itemgetter, methodcaller
 from typing import Iterator, List, Optional
 
 from d2ext.core import check_outputs
@@ -229,7 +229,7 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                                 "blur": blur, "expression": expression, "illumination": illumination,
                                 "invalid": invalid, "occlusion": occlusion, "pose": pose}}
                            for x, y, w, h, blur, expression, illumination, invalid, occlusion, pose in parsed[0]]
-            crowd = sum(parsed[1][7])  # the invalid column
+            crowd = sum(map(itemgetter(3), parsed[2]))  # attribute 3: invalid
         elif parsed is not None:
             rows = zip(nums, parsed[0], repeat(None))
         for lineno, vals, bad in rows:  # the general loop: skips and repairs, face by face
@@ -285,38 +285,39 @@ _FIELDS = ("x1", "y1", "w", "h") + ATTRIBUTE_NAMES
 
 # A row made only of integers (a path line that is one is an error: a face count too small).
 _NUMBER_ROW = re.compile(r"[-+\d\s]+")
-# The attribute values a well-formed row spells as one digit (the exact ranges: ATTRIBUTE_MAX).
-_ATTRIBUTE_VALUE = {"0": 0, "1": 1, "2": 2}
-_ONE_VALUED = [i for i, name in enumerate(ATTRIBUTE_NAMES) if ATTRIBUTE_MAX[name] == 1]
+# The last 12 characters of a row in the files' own layout (one space between numbers) -> its 6
+# attributes: every legal combination (ATTRIBUTE_MAX), 144 of them.
+_ATTRIBUTE_TAILS = {" " + " ".join(map(str, v)): v for v in product(
+    *(range(ATTRIBUTE_MAX[name] + 1) for name in ATTRIBUTE_NAMES))}
+_COUNT_SPACES = methodcaller("count", " ")
 
 
 def _parse_faces(texts):
-    """The faces of one image (its face rows ``texts``) as ``(values, columns)`` -- a 10-int
-    tuple per face and the 10 columns as lists -- when every row is 10 integers, coordinates
-    within +-MAX_COORDINATE and attributes single digits in range (the whole val file); None
-    otherwise, and the caller goes row by row through :func:`_parse_face` for the exact skip or
-    error. Column-wise (one ``int`` map per coordinate column, one dict lookup map per attribute
-    column, C-level min/max checks), not row by row: 40k faces per WIDER file."""
-    tokens = [t.split() for t in texts]
-    if set(map(len, tokens)) != {10}:
+    """The faces of one image (its face rows ``texts``) as ``(values, boxes, attributes)`` -- a
+    10-int tuple per face, the 4 box columns as lists, the attribute 6-tuples -- when every row is
+    10 integers separated by single spaces, coordinates within +-MAX_COORDINATE and attributes in
+    range (the official files); None otherwise, and the caller goes row by row through
+    :func:`_parse_face` for the exact skip or error. Column-wise, not row by row (40k faces per
+    WIDER file): one split of the image's rows, one ``int`` map per box column, the attributes
+    looked up whole from each row's last 12 characters."""
+    if set(map(_COUNT_SPACES, texts)) != {9}:  # 10 tokens per row (an empty token fails below)
         return None
-    flat = list(chain.from_iterable(tokens))
+    flat = " ".join(texts).split(" ")
     try:
-        columns = [list(map(int, flat[i::10])) for i in range(4)] + \
-                  [list(map(_ATTRIBUTE_VALUE.__getitem__, flat[i::10])) for i in range(4, 10)]
+        boxes = [list(map(int, flat[i::10])) for i in range(4)]
+        attributes = list(map(_ATTRIBUTE_TAILS.__getitem__, [t[-12:] for t in texts]))
     except (KeyError, ValueError):
         return None
-    if any(max(columns[4 + i]) > 1 for i in _ONE_VALUED) or \
-            max(map(max, columns[:4])) > MAX_COORDINATE or min(map(min, columns[:4])) < -MAX_COORDINATE:
+    if max(map(max, boxes)) > MAX_COORDINATE or min(map(min, boxes)) < -MAX_COORDINATE:
         return None
-    return list(zip(*columns)), columns
+    return list(map(add, zip(*boxes), attributes)), boxes, attributes
 
 
 def _clean_faces(parsed, max_x, max_y) -> bool:
-    """Whether the faces ``(values, columns)`` of :func:`_parse_faces` need no skip and no repair:
+    """Whether the faces ``(values, boxes, attributes)`` of :func:`_parse_faces` need no skip and no repair:
     no face repeats, every box has a positive size inside ``[0, max_x] x [0, max_y]``. Checked
     column-wise with C-level min/max, not face by face."""
-    faces, (xs, ys, ws, hs) = parsed[0], parsed[1][:4]
+    faces, (xs, ys, ws, hs) = parsed[0], parsed[1]
     return min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and \
         max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y and len(set(faces)) == len(faces)
 
