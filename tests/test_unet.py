@@ -166,7 +166,7 @@ def test_train_net_trains_and_evaluates_unet_on_wbc(shared_data, run_tool, tmp_p
     out = tmp_path / "out"
     proc = run_tool(
         "train_net.py", "--config-file", "configs/wbc_seg/unet_classic_binary.yaml",
-        "MODEL.UNET.ENCODER_CHANNELS", "[4, 8, 16, 32, 64]", "MODEL.UNET.DECODER_CHANNELS", "[32, 16, 8, 4]",
+        "MODEL.UNET.ENCODER_CHANNELS", "[8, 16, 32, 64, 128]", "MODEL.UNET.DECODER_CHANNELS", "[64, 32, 16, 8]",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "2",
         "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0",
         "OUTPUT_DIR", str(out),
