@@ -666,17 +666,23 @@ def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Opti
             set(map(itemgetter("bbox_mode"), anns)) != {BOX_MODE_XYWH_ABS}:
         return None
     ids = range(first_id, first_id + len(anns))
+    # columns fetched in C (itemgetter); ints that are already plain ints need no int() call
+    cats = list(map(itemgetter("category_id"), anns))
+    crowds = list(map(itemgetter("iscrowd"), anns))
+    if set(map(type, cats)) != {int}:
+        cats = [int(c) for c in cats]
+    if set(map(type, crowds)) != {int}:
+        crowds = [int(c) for c in crowds]
+    boxes = map(itemgetter("bbox"), anns)
     if not extra:
-        return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
-                 "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
-                zip(ids, anns, [a["bbox"] for a in anns])]
+        return [{"id": i, "image_id": image_id, "category_id": c + 1, "bbox": b, "iscrowd": z,
+                 "area": b[2] * b[3]} for i, c, b, z in zip(ids, cats, boxes, crowds)]
     (key,) = extra
-    if key in ("id", "image_id", "area") or \
-            not set(map(type, map(itemgetter(key), anns))) <= _EXTRA_TYPE_SET:
+    values = list(map(itemgetter(key), anns))
+    if key in ("id", "image_id", "area") or not set(map(type, values)) <= _EXTRA_TYPE_SET:
         return None
-    return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
-             "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3], key: a[key]} for i, a, b in
-            zip(ids, anns, [a["bbox"] for a in anns])]
+    return [{"id": i, "image_id": image_id, "category_id": c + 1, "bbox": b, "iscrowd": z,
+             "area": b[2] * b[3], key: v} for i, c, b, z, v in zip(ids, cats, boxes, crowds, values)]
 
 
 _PLAIN_BOX_KEYS = {"bbox", "bbox_mode", "category_id", "iscrowd"}
@@ -719,6 +725,13 @@ def coco_image_root(json_path, image_root) -> str:
         if base != os.path.dirname(base) and (root == base or root.startswith(base.rstrip(os.sep) + os.sep)):
             return os.path.relpath(root, json_dir).replace(os.sep, "/")
     return root.replace(os.sep, "/")
+
+
+def _maybe_unnormal(rel: str) -> bool:
+    """False when ``os.path.normpath(rel)`` is ``rel`` for sure (a relative POSIX path without
+    empty, "." or ".." parts); True when it may differ."""
+    return (not rel or rel[0] in "./" or rel[-1] in "./" or "//" in rel or "/." in rel
+            or (os.altsep is not None and os.altsep in rel))
 
 
 _CHUNK = 256  # images per encoder call in export_coco_json (memory: one chunk of dicts)
@@ -811,7 +824,9 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
             file_name = rec["file_name"]
             if root is not None:
                 if file_name.startswith(root_prefix):  # the common case, without relpath's cost
-                    file_name = os.path.normpath(file_name[len(root_prefix):])
+                    file_name = file_name[len(root_prefix):]
+                    if _maybe_unnormal(file_name):  # normpath only where it can change something
+                        file_name = os.path.normpath(file_name)
                 else:
                     file_name = os.path.relpath(os.path.abspath(file_name), root)
             img = {"id": image_id, "file_name": file_name.replace(os.sep, "/")}

@@ -232,3 +232,15 @@ def test_coco_export_same_bytes_when_annotations_spill_to_disk(tmp_path, monkeyp
     data = (tmp_path / "disk.json").read_bytes()
     assert data == (tmp_path / "memory.json").read_bytes() and len(data) > 50_000
     assert [a["id"] for a in json.loads(data)["annotations"]] == list(range(1, 601))
+
+
+def test_normpath_skip_is_safe():
+    import random
+
+    rng = random.Random(0)
+    parts = ["a", "b.jpg", ".", "..", "", "x.y", ".h", "c."]
+    for _ in range(20000):
+        rel = "/".join(rng.choice(parts) for _ in range(rng.randint(1, 4)))
+        if not common._maybe_unnormal(rel):
+            assert os.path.normpath(rel) == rel
+    assert not common._maybe_unnormal("0--Parade/0_Parade_1.jpg")

@@ -203,3 +203,16 @@ def test_narrow_group_and_instance_norms():
             alone = enc(a)["enc2"]
             paired = enc(torch.cat([a, b]))["enc2"][:1]
         assert torch.allclose(alone, paired, atol=1e-5) == independent, norm
+
+
+@pytest.mark.parametrize("backbone, key", [("build_vgg_backbone", "VGG"), ("build_dilated_resnet_backbone", "RESNETS")])
+def test_backbones_take_d2ext_norm_names(backbone, key):
+    from detectron2.modeling import build_backbone
+
+    cfg = setup_cfg("configs/wbc_seg/deeplabv3_VGG16_binary.yaml" if key == "VGG" else
+                    "configs/wbc_seg/deeplabv3_R34_binary.yaml", ["MODEL.DEVICE", "cpu", f"MODEL.{key}.NORM", "IN"])
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.NAME = backbone
+    net = build_backbone(cfg)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels for m in norms)

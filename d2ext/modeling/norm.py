@@ -8,6 +8,9 @@ use it. Added names:
 - ``"IN"``: one group per channel (instance normalization with affine weights, as
   ``nn.GroupNorm(channels, channels)``; it works at any batch size, in training and at test).
 
+Used by every d2ext backbone and the U-Net head; the DeepLab head keeps Detectron2's names, as
+Detectron2's ``ASPP`` builds its norm layers itself.
+
 Group / instance normalization uses each image's own statistics at test time as in training,
 where BatchNorm uses running averages of the training batches: a segmenter meant for another
 microscope's colours and magnification adapts per image (README, "WBC segmentation recipe").

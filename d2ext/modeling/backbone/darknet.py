@@ -24,8 +24,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec, get_norm
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from ..norm import get_norm
 
 __all__ = [
     "ConvBNLeaky",

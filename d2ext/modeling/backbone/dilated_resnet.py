@@ -24,13 +24,16 @@ stage's dilation. Outputs: ``stem`` (stride 4), ``res2`` (4), ``res3`` (8), ``re
 when dilated), ``res5`` (32, 16 or 8); channels as in Detectron2 (ResNet-34: 64, 128, 256, 512).
 Multi-grid rates inside res5 (DeepLabv3 Sec. 3.2) are not implemented.
 """
+import functools
 from typing import List
 
 import fvcore.nn.weight_init as weight_init
-from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
+from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, ResNet
 from torch.nn import functional as F
+
+from ..norm import get_norm
 
 __all__ = ["DilatedBasicBlock", "make_dilated_stage", "build_dilated_resnet_backbone"]
 
@@ -122,7 +125,9 @@ def build_dilated_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         raise ValueError("MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-18/34")
     if depth in (18, 34) and r.NUM_GROUPS != 1:
         raise ValueError("MODEL.RESNETS.NUM_GROUPS must be 1 for ResNet-18/34")
-    norm = r.NORM
+    # Detectron2's BasicStem / BottleneckBlock take a callable norm: through it they get d2ext's
+    # names too ("GN8", "IN"; d2ext.modeling.norm)
+    norm = functools.partial(get_norm, r.NORM) if r.NORM else r.NORM
     stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=norm)
     in_channels = r.STEM_OUT_CHANNELS
     bottleneck_channels = r.NUM_GROUPS * r.WIDTH_PER_GROUP

@@ -33,9 +33,11 @@ from typing import Dict, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from torch import nn
+
+from ..norm import get_norm
 
 __all__ = ["L2Norm", "SSDVGG", "build_ssd_vgg16_backbone", "SSD_EXTRA_LAYERS"]
 

@@ -23,9 +23,10 @@ from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 from torch import nn
-from detectron2.layers import ShapeSpec, get_norm
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from ..norm import get_norm
 from ..weight_import import register_weight_converter
 from .blocks import StagedBackbone, rename_state_dict
 
