@@ -666,23 +666,17 @@ def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Opti
             set(map(itemgetter("bbox_mode"), anns)) != {BOX_MODE_XYWH_ABS}:
         return None
     ids = range(first_id, first_id + len(anns))
-    # columns fetched in C (itemgetter); ints that are already plain ints need no int() call
-    cats = list(map(itemgetter("category_id"), anns))
-    crowds = list(map(itemgetter("iscrowd"), anns))
-    if set(map(type, cats)) != {int}:
-        cats = [int(c) for c in cats]
-    if set(map(type, crowds)) != {int}:
-        crowds = [int(c) for c in crowds]
-    boxes = map(itemgetter("bbox"), anns)
     if not extra:
-        return [{"id": i, "image_id": image_id, "category_id": c + 1, "bbox": b, "iscrowd": z,
-                 "area": b[2] * b[3]} for i, c, b, z in zip(ids, cats, boxes, crowds)]
+        return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
+                 "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
+                zip(ids, anns, [a["bbox"] for a in anns])]
     (key,) = extra
-    values = list(map(itemgetter(key), anns))
-    if key in ("id", "image_id", "area") or not set(map(type, values)) <= _EXTRA_TYPE_SET:
+    if key in ("id", "image_id", "area") or \
+            not set(map(type, map(itemgetter(key), anns))) <= _EXTRA_TYPE_SET:
         return None
-    return [{"id": i, "image_id": image_id, "category_id": c + 1, "bbox": b, "iscrowd": z,
-             "area": b[2] * b[3], key: v} for i, c, b, z, v in zip(ids, cats, boxes, crowds, values)]
+    return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
+             "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3], key: a[key]} for i, a, b in
+            zip(ids, anns, [a["bbox"] for a in anns])]
 
 
 _PLAIN_BOX_KEYS = {"bbox", "bbox_mode", "category_id", "iscrowd"}
