@@ -86,7 +86,7 @@ from operator import itemgetter
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from d2ext.core import (OutputBatch, atomic_open, atomic_write_bytes, atomic_write_json,  # noqa: F401
-                        dumps_json, resolve_inside)
+                        dumps_json, is_inside, resolve_inside)
 
 logger = logging.getLogger(__name__)
 
@@ -504,7 +504,7 @@ class ImagePaths:
 
     ``resolve(relative)`` gives ``root/relative`` as a string, or None when the path is
     absolute or leaves ``root`` (``..``, a symlinked folder or file pointing outside): the caller
-    reports the skip. The check is :func:`d2ext.core.resolve_inside` (realpath based); its
+    reports the skip. The check is :func:`d2ext.core.is_inside` (realpath based); its
     folder part is cached, so 3k images in 61 folders cost 61 realpath calls, not 3k.
     ``root=None`` keeps relative paths as given and refuses absolute and ``..`` paths
     lexically."""
@@ -537,11 +537,11 @@ class ImagePaths:
         folder, base = os.path.split(rel)
         ok = self._dirs.get(folder)
         if ok is None:
-            ok = self._dirs[folder] = resolve_inside(self.root, folder or ".") is not None
+            ok = self._dirs[folder] = is_inside(self.root, folder or ".")
         if not ok:
             return None
         path = os.path.join(self.root, relative)
-        if base in self._links(folder) and resolve_inside(self.root, rel) is None:
+        if base in self._links(folder) and not is_inside(self.root, rel):
             return None
         return path
 

@@ -25,7 +25,8 @@ Guards and paths
 ----------------
 - ``check_outputs(inputs, outputs, tool)``: refuse an output that is an input, lies inside an input
   folder, contains an input, or equals another output (``UnsafeOutputError``).
-- ``resolve_inside(root, relative)``: the path, or None when it leaves ``root``.
+- ``resolve_inside(root, relative)``: the path, or None when it leaves ``root``;
+  ``is_inside(root, relative)``: the same test as a bool.
 - ``data_root()``: ``$D2EXT_SHARED_DATA`` or ``<checkout>/../shared/data``;
   ``cache_root()``: ``$D2EXT_CACHE`` or ``~/.cache/d2ext``; ``repo_root()``.
 - ``missing_data_message(what, folder)``: the one wording for "a built-in dataset is absent".
@@ -36,6 +37,8 @@ Logging
 ``setup_logger`` when Detectron2 is already imported, else a plain handler with the same format
 (so torch is not imported just to log).
 """
+from __future__ import annotations
+
 import contextlib
 import io
 import json
@@ -43,15 +46,17 @@ import logging
 import os
 import shutil
 import sys
-from pathlib import Path
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple, Union
+
+if TYPE_CHECKING:  # pathlib is imported where a Path is returned, not at start-up
+    from pathlib import Path
 
 PathLike = Union[str, os.PathLike]
 
 __all__ = [
     "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
     "atomic_save_image", "atomic_dir", "OutputBatch", "dumps_json",
-    "UnsafeOutputError", "check_outputs", "resolve_inside",
+    "UnsafeOutputError", "check_outputs", "resolve_inside", "is_inside",
     "repo_root", "data_root", "cache_root", "missing_data_message", "DATA_GUIDE",
     "setup_logger",
 ]
@@ -171,7 +176,7 @@ def atomic_save_image(path: PathLike, image, format: Optional[str] = None) -> No
         import numpy as np
 
         image = Image.fromarray(np.ascontiguousarray(image))
-    fmt = format or Image.registered_extensions().get(Path(path).suffix.lower())
+    fmt = format or Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image suffix; pass format=")
     buf = io.BytesIO()
@@ -289,12 +294,14 @@ class UnsafeOutputError(ValueError):
     """An output path that would overwrite or sit inside an input, or collide with another output."""
 
 
-def _real(p: PathLike) -> Path:
-    return Path(os.path.realpath(os.fspath(p)))
+# Paths are compared as strings (realpath'd, normcase'd): pathlib costs ~10 ms of import, a tenth
+# of a converter's start-up, and these checks run before every conversion.
+def _real(p: PathLike) -> str:
+    return os.path.normcase(os.path.realpath(os.fspath(p)))
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
+def _inside(child: str, parent: str) -> bool:
+    return child == parent or child.startswith(parent if parent.endswith(os.sep) else parent + os.sep)
 
 
 def check_outputs(inputs: Iterable[Optional[PathLike]], outputs: Iterable[Optional[PathLike]],
@@ -321,15 +328,20 @@ def check_outputs(inputs: Iterable[Optional[PathLike]], outputs: Iterable[Option
                                         f"(also {other_name})")
 
 
-def resolve_inside(root: PathLike, relative: str) -> Optional[Path]:
-    """``root / relative`` when it stays inside ``root`` (after ``..`` and symlinks), else None.
-    Absolute ``relative`` paths are refused too (None)."""
+def is_inside(root: PathLike, relative: str) -> bool:
+    """Whether ``root / relative`` stays inside ``root`` (after ``..`` and symlinks); absolute
+    ``relative`` paths are refused (False)."""
     if not relative or os.path.isabs(relative) or relative.startswith(("/", "\\")) or (
             len(relative) > 1 and relative[1] == ":"):
-        return None
-    root_real = _real(root)
-    candidate = _real(os.path.join(os.fspath(root), relative))
-    return Path(os.path.join(os.fspath(root), relative)) if _inside(candidate, root_real) else None
+        return False
+    return _inside(_real(os.path.join(os.fspath(root), relative)), _real(root))
+
+
+def resolve_inside(root: PathLike, relative: str) -> Optional[Path]:
+    """``root / relative`` when it stays inside ``root`` (:func:`is_inside`), else None."""
+    from pathlib import Path
+
+    return Path(os.path.join(os.fspath(root), relative)) if is_inside(root, relative) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,11 +349,15 @@ def resolve_inside(root: PathLike, relative: str) -> Optional[Path]:
 # --------------------------------------------------------------------------------------------
 def repo_root() -> Path:
     """The checkout d2ext runs from (holds ``configs/`` and ``tools/``)."""
+    from pathlib import Path
+
     return Path(__file__).resolve().parents[1]
 
 
 def data_root() -> Path:
     """Where the real datasets live: ``$D2EXT_SHARED_DATA``, else ``<checkout>/../shared/data``."""
+    from pathlib import Path
+
     env = os.environ.get("D2EXT_SHARED_DATA")
     if env:
         return Path(env)
@@ -351,6 +367,8 @@ def data_root() -> Path:
 def cache_root() -> Path:
     """Where derived files (rendered labels, synthetic datasets) are cached: ``$D2EXT_CACHE``,
     else ``~/.cache/d2ext``."""
+    from pathlib import Path
+
     env = os.environ.get("D2EXT_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "d2ext"
 

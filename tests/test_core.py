@@ -139,6 +139,22 @@ def test_resolve_inside(tmp_path):
         assert core.resolve_inside(root, bad) is None, bad
     (root / "escape").symlink_to(tmp_path)
     assert core.resolve_inside(root, "escape/x.jpg") is None
+    # a sibling whose name extends the root's is not inside it (string comparison by whole parts)
+    (tmp_path / "images2").mkdir()
+    assert core.resolve_inside(root, "../images2/a.jpg") is None
+    assert core.is_inside(root, "a.jpg") and core.is_inside(root, ".") and not core.is_inside(root, "escape")
+    assert core.is_inside("/", "etc") and not core.is_inside(root, "/etc")
+
+
+def test_core_imports_without_pathlib():
+    import subprocess
+    import sys
+
+    code = ("import sys; import d2ext.core, converters.widerface; "
+            "print(sorted(m for m in ('pathlib', 'torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=core.repo_root()).stdout.strip()
+    assert out == "[]"
 
 
 def test_roots_follow_environment(monkeypatch, tmp_path):
