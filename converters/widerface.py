@@ -214,7 +214,7 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         first_seen = {}
         crowd = 0
         if count == 1:
-            first = parsed[0][0] if parsed is not None else rows[0][1]
+            first = _face_values(parsed)[0] if parsed is not None else rows[0][1]
             if first is not None and not any(first):
                 report.skip(src, nums[0], "placeholder row of a face-less image (count 1, all zeros)",
                             image=rel)
@@ -228,10 +228,11 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
                             "iscrowd": invalid, "attributes": {
                                 "blur": blur, "expression": expression, "illumination": illumination,
                                 "invalid": invalid, "occlusion": occlusion, "pose": pose}}
-                           for x, y, w, h, blur, expression, illumination, invalid, occlusion, pose in parsed[0]]
-            crowd = sum(map(itemgetter(3), parsed[2]))  # attribute 3: invalid
+                           for x, y, w, h, (blur, expression, illumination, invalid, occlusion, pose)
+                           in zip(*parsed[0], parsed[1])]
+            crowd = sum(map(itemgetter(3), parsed[1]))  # attribute 3: invalid
         elif parsed is not None:
-            rows = zip(nums, parsed[0], repeat(None))
+            rows = zip(nums, _face_values(parsed), repeat(None))
         for lineno, vals, bad in rows:  # the general loop: skips and repairs, face by face
             if bad is not None:  # a coordinate that is not a finite integer: face skipped
                 report.skip(src, lineno, bad, image=rel)
@@ -293,10 +294,10 @@ _COUNT_SPACES = methodcaller("count", " ")
 
 
 def _parse_faces(texts):
-    """The faces of one image (its face rows ``texts``) as ``(values, boxes, attributes)`` -- a
-    10-int tuple per face, the 4 box columns as lists, the attribute 6-tuples -- when every row is
-    10 integers separated by single spaces, coordinates within +-MAX_COORDINATE and attributes in
-    range (the official files); None otherwise, and the caller goes row by row through
+    """The faces of one image (its face rows ``texts``) as ``(boxes, attributes)`` -- the 4 box
+    columns as lists and an attribute 6-tuple per face (:func:`_face_values` joins them) -- when
+    every row is 10 integers separated by single spaces, coordinates within +-MAX_COORDINATE and
+    attributes in range (the official files); None otherwise, and the caller goes row by row through
     :func:`_parse_face` for the exact skip or error. Column-wise, not row by row (40k faces per
     WIDER file): one split of the image's rows, one ``int`` map per box column, the attributes
     looked up whole from each row's last 12 characters."""
@@ -310,16 +311,27 @@ def _parse_faces(texts):
         return None
     if max(map(max, boxes)) > MAX_COORDINATE or min(map(min, boxes)) < -MAX_COORDINATE:
         return None
-    return list(map(add, zip(*boxes), attributes)), boxes, attributes
+    return boxes, attributes
 
 
 def _clean_faces(parsed, max_x, max_y) -> bool:
-    """Whether the faces ``(values, boxes, attributes)`` of :func:`_parse_faces` need no skip and no repair:
-    no face repeats, every box has a positive size inside ``[0, max_x] x [0, max_y]``. Checked
-    column-wise with C-level min/max, not face by face."""
-    faces, (xs, ys, ws, hs) = parsed[0], parsed[1]
-    return min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and \
-        max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y and len(set(faces)) == len(faces)
+    """Whether the faces ``(boxes, attributes)`` of :func:`_parse_faces` need no skip and no
+    repair: no face repeats, every box has a positive size inside ``[0, max_x] x [0, max_y]``.
+    Checked column-wise with C-level min/max, not face by face; faces are compared whole only
+    when two boxes are equal."""
+    xs, ys, ws, hs = parsed[0]
+    if not (min(ws) > 0 and min(hs) > 0 and min(xs) >= 0 and min(ys) >= 0 and
+            max(map(add, xs, ws)) <= max_x and max(map(add, ys, hs)) <= max_y):
+        return False
+    if len(set(zip(*parsed[0]))) == len(xs):
+        return True
+    faces = _face_values(parsed)
+    return len(set(faces)) == len(faces)
+
+
+def _face_values(parsed) -> list:
+    """The 10-int tuple of each face of ``(boxes, attributes)`` (:func:`_parse_faces`)."""
+    return list(map(add, zip(*parsed[0]), parsed[1]))
 
 
 def _parse_face(src, item, count_line, count):

@@ -62,6 +62,15 @@ def test_parsing_streams(tmp_path):
         next(it)
 
 
+def test_same_box_other_attributes_is_not_a_duplicate(tmp_path):
+    p = tmp_path / "w.txt"
+    p.write_text("0--A/a.jpg\n3\n1 1 4 4 0 0 0 0 0 0\n1 1 4 4 2 0 0 0 0 0\n1 1 4 4 0 0 0 0 0 0\n")
+    report = ConversionReport("widerface")
+    (rec,) = iter_widerface(p, None, report=report)
+    assert [a["attributes"]["blur"] for a in rec["annotations"]] == [0, 2]
+    assert [(s["line"], s["reason"]) for s in report.skipped] == [(5, "duplicate face row: same as line 3")]
+
+
 def test_images_sizes_clip_missing_and_coco(tmp_path):
     imgs = tmp_path / "images"
     (imgs / "0--A").mkdir(parents=True)
@@ -137,7 +146,7 @@ def test_column_parser_agrees_with_row_parser():
     (None) whenever some row needs the row parser's skip or error."""
     import random
 
-    from converters.widerface import ATTRIBUTE_MAX, _parse_face, _parse_faces
+    from converters.widerface import ATTRIBUTE_MAX, _face_values, _parse_face, _parse_faces
 
     rng = random.Random(0)
     taken = 0
@@ -159,9 +168,10 @@ def test_column_parser_agrees_with_row_parser():
         fast = _parse_faces(rows)
         if fast is not None:
             taken += 1
-            assert slow is not None and [v for _, v, _ in slow] == fast[0]
-            assert fast[1] == [list(col) for col in list(zip(*fast[0]))[:4]]
-            assert fast[2] == [v[4:] for v in fast[0]]
+            values = _face_values(fast)
+            assert slow is not None and [v for _, v, _ in slow] == values
+            assert fast[0] == [list(col) for col in list(zip(*values))[:4]]
+            assert fast[1] == [v[4:] for v in values]
         elif slow is not None:  # declined: a row the row parser skips, or one not in the files'
             # own layout (single spaces, plain digits); those go row by row
             assert any(bad is not None for _, _, bad in slow) or any(
