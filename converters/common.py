@@ -513,21 +513,14 @@ class ImagePaths:
         self.root = None if root is None else os.fspath(root)
         self._dirs: Dict[str, bool] = {}
         self._symlinks: Dict[str, set] = {}
-        # "folder/" as written -> its symlink names, for folders whose files resolve() accepted:
-        # the next file there needs only a look at its own name (3k images, 61 folders)
-        self._accepted: Dict[str, set] = {}
 
     def resolve(self, relative: str) -> Optional[str]:
+        # The next file of a folder the full check below already accepted (its lexical checks
+        # passed, _dirs is True, its symlinks are listed) needs only a look at its own name.
         folder, sep, base = relative.rpartition("/")
-        links = self._accepted.get(folder) if sep else None
-        if links is not None and base not in links and base not in ("", ".", "..") and "\\" not in base:
+        if sep and self._dirs.get(folder) and folder in self._symlinks and "\\" not in relative \
+                and base not in ("", ".", "..") and base not in self._symlinks[folder]:
             return os.path.join(self.root, relative)
-        path = self._resolve(relative)
-        if path is not None and sep and self.root is not None and "\\" not in relative:
-            self._accepted[folder] = self._links(os.path.split(relative)[0])
-        return path
-
-    def _resolve(self, relative: str) -> Optional[str]:
         rel = relative.replace("\\", "/")
         if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or \
                 ".." in rel.split("/"):

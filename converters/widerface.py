@@ -156,7 +156,6 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
             raise ConversionError(src, lines.last_lineno, f"file ends after image path '{rel}': "
                                   "expected a face count", FORMAT)
         count_line, count_text = item
-        last_line = count_line
         count = int(count_text) if count_text.isdigit() else _ints(count_text)  # isdigit: the fast path
         if isinstance(count, list):
             if len(count) != 1 or count[0] < 0:
@@ -177,8 +176,6 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
             parsed = _parse_faces(texts)
             if parsed is None:  # some row is not 10 plain integers in range: row by row
                 rows = [_parse_face(src, item, count_line, count) for item in zip(nums, texts)]
-            last_line = nums[-1]
-        lines.last_lineno = last_line
         if count == 0:
             # Train-file form of a face-less image: count 0 followed by one dummy row of zeros.
             nxt = lines.peek()

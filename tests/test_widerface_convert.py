@@ -62,6 +62,13 @@ def test_parsing_streams(tmp_path):
         next(it)
 
 
+def test_file_ending_after_a_path_names_its_line(tmp_path):
+    p = tmp_path / "w.txt"
+    p.write_text("0--A/a.jpg\n1\n1 1 4 4 0 0 0 0 0 0\n0--A/b.jpg\n\n")
+    with pytest.raises(ConversionError, match=r"w.txt:4: file ends after image path '0--A/b.jpg'"):
+        list(iter_widerface(p, None))
+
+
 def test_same_box_other_attributes_is_not_a_duplicate(tmp_path):
     p = tmp_path / "w.txt"
     p.write_text("0--A/a.jpg\n3\n1 1 4 4 0 0 0 0 0 0\n1 1 4 4 2 0 0 0 0 0\n1 1 4 4 0 0 0 0 0 0\n")
