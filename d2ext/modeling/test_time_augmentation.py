@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-__all__ = ["SemSegTTA", "with_test_time_augmentation"]
+__all__ = ["SemSegTTA", "uses_test_time_augmentation", "with_test_time_augmentation"]
 
 
 class SemSegTTA(nn.Module):
@@ -99,10 +99,14 @@ class SemSegTTA(nn.Module):
         return results
 
 
-def with_test_time_augmentation(cfg, model: nn.Module) -> nn.Module:
-    """``model`` wrapped in :class:`SemSegTTA` when ``TEST.AUG.ENABLED`` and the model is a
-    ``SemanticSegmentor``; otherwise ``model`` itself (R-CNN TTA is Detectron2's
+def uses_test_time_augmentation(cfg) -> bool:
+    """Whether :func:`with_test_time_augmentation` wraps a model built from ``cfg``:
+    ``TEST.AUG.ENABLED`` and a ``SemanticSegmentor`` (R-CNN TTA is Detectron2's
     ``GeneralizedRCNNWithTTA``, not applied here)."""
-    if not cfg.TEST.AUG.ENABLED or cfg.MODEL.META_ARCHITECTURE != "SemanticSegmentor":
-        return model
-    return SemSegTTA(cfg, model)
+    return bool(cfg.TEST.AUG.ENABLED) and cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
+
+
+def with_test_time_augmentation(cfg, model: nn.Module) -> nn.Module:
+    """``model`` wrapped in :class:`SemSegTTA` when :func:`uses_test_time_augmentation`,
+    otherwise ``model`` itself."""
+    return SemSegTTA(cfg, model) if uses_test_time_augmentation(cfg) else model

@@ -270,8 +270,10 @@ def _seg_rows(row: str, res, report, note: str = ""):
 def _train_note(model: str, run, args) -> str:
     recipe = ("scale/stain recipe, test at x%g of each image" % args.wbc_scale if args.wbc_recipe == "shift"
               else "recipe before: fixed short side + hflip")
+    from d2ext.modeling.test_time_augmentation import uses_test_time_augmentation
+
     aug = run.cfg.TEST.AUG
-    if aug.ENABLED and run.cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+    if uses_test_time_augmentation(run.cfg):
         flips = " + flips" if aug.FLIP or aug.VFLIP else ""
         recipe += f", test-time scales {tuple(aug.SCALE_FACTORS)}{flips}"
     return f"{model} from scratch, {run.note()}, CPU (budget {args.budget_min:g} min); {recipe}"
