@@ -307,3 +307,33 @@ def test_label_map_coco_file_is_a_sem_seg_dataset(tmp_path):
     assert meta.evaluator_type == "sem_seg" and meta.stuff_classes == ["background", "cell"]
     assert DatasetCatalog.get(name) == [{"file_name": str(tmp_path / "a.png"), "height": 6, "width": 8,
                                          "image_id": 5, "sem_seg_file_name": str(tmp_path / "a_label.png")}]
+
+
+def test_boxes_drawn_in_their_class_colour_every_time():
+    """Ground truth and predictions: one colour per class (the dataset's thing_colors if it has
+    them), the same on every call; Detectron2's own drawers pick a random colour per box."""
+    import torch
+    from d2ext.utils.visualization import class_colors, draw_instances, draw_record
+    from detectron2.data.catalog import Metadata
+    from detectron2.structures import Boxes, BoxMode, Instances
+
+    img = np.full((200, 200, 3), 128, np.uint8)
+    boxes = [[20, 100, 80, 160], [110, 100, 180, 160], [20, 20, 60, 60]]
+    classes = [1, 1, 0]
+    record = {"file_name": "x.png", "annotations": [
+        {"bbox": b, "bbox_mode": BoxMode.XYXY_ABS, "category_id": c} for b, c in zip(boxes, classes)]}
+    inst = Instances((200, 200), pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                     pred_classes=torch.tensor(classes), scores=torch.tensor([0.9, 0.8, 0.7]))
+
+    def edge_colours(out):  # middle of each box's right edge (Visualizer draws boxes at alpha 0.5)
+        return [out[(b[1] + b[3]) // 2, b[2]].astype(np.float64) for b in boxes]
+
+    plain = Metadata(name="vis_colour_test").set(thing_classes=["a", "b"])
+    given = Metadata(name="vis_colour_test_given").set(thing_classes=["a", "b"],
+                                                       thing_colors=[[255, 0, 0], [0, 0, 255]])
+    for meta, palette in ((plain, class_colors(2) * 255), (given, np.array([[255, 0, 0], [0, 0, 255]]))):
+        for draw in (lambda: draw_record(img, record, meta), lambda: draw_instances(img, inst, meta, 0.5)):
+            first, again = draw(), draw()
+            assert (first == again).all()
+            for colour, c in zip(edge_colours(first), classes):
+                np.testing.assert_allclose(colour, 0.5 * 128 + 0.5 * palette[c], atol=3)
