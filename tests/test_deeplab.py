@@ -169,3 +169,24 @@ def test_loss_decreases_on_synthetic_blobs():
         opt.step()
         history.append(loss.item())
     assert np.mean(history[-5:]) < 0.6 * np.mean(history[:3]), history
+
+
+@pytest.mark.parametrize("mode,k", [("binary", 2), ("3class", 3)])
+def test_wbc_deeplabv3plus_configs_are_the_v3_configs_plus_the_decoder(repo_root, mode, k):
+    """configs/wbc_seg/deeplabv3plus_R34_*: the DeepLabv3 config (backbone, ASPP, recipe, test-time
+    scales) with a GroupNorm decoder on res2: logits at stride 4, image-sized outputs."""
+    v3 = setup_cfg(str(repo_root / "configs" / "wbc_seg" / f"deeplabv3_R34_{mode}.yaml"))
+    plus = setup_cfg(str(repo_root / "configs" / "wbc_seg" / f"deeplabv3plus_R34_{mode}.yaml"))
+    differ = {k2 for k2 in ("LOW_LEVEL_FEATURE", "LOW_LEVEL_CHANNELS", "DECODER_CHANNELS")
+              if v3.MODEL.DEEPLAB[k2] != plus.MODEL.DEEPLAB[k2]}
+    assert differ == {"LOW_LEVEL_FEATURE", "LOW_LEVEL_CHANNELS", "DECODER_CHANNELS"}
+    assert plus.INPUT.AUG.TRAIN == v3.INPUT.AUG.TRAIN and plus.TEST.AUG.SCALE_FACTORS == v3.TEST.AUG.SCALE_FACTORS
+    assert plus.MODEL.RESNETS.DEPTH == v3.MODEL.RESNETS.DEPTH == 34 and plus.OUTPUT_DIR != v3.OUTPUT_DIR
+    torch.manual_seed(0)
+    model = build_model(plus).eval()
+    head = model.sem_seg_head
+    assert head.output_stride == 4 and head.low_level_proj is not None
+    assert all(isinstance(m.norm, torch.nn.GroupNorm) for m in [head.low_level_proj, *head.decoder])
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 61, 75)).float()}])
+    assert out[0]["sem_seg"].shape == (k, 61, 75)

@@ -7,6 +7,7 @@ import d2ext.engine  # noqa: E402,F401  (registers every d2ext component)
 from d2ext.data import register_synthetic_seg
 from d2ext.data.synthetic_seg import generate_synthetic_seg
 from d2ext.engine import Trainer, setup_cfg
+from d2ext.engine.trainer import cpu_has_bfloat16
 from d2ext.evaluation.classical import evaluate_classical
 from d2ext.modeling.backbone.unet_encoder import UNetEncoder
 from d2ext.modeling.heads.unet import UNetHead, soft_dice_loss
@@ -125,7 +126,7 @@ def test_synthetic_generator_is_deterministic(tmp_path):
         assert (la > 0).any()
 
 
-def _train(tmp_path, name, iters, **data_kw):
+def _train(tmp_path, name, iters, opts=(), **data_kw):
     register_synthetic_seg(f"{name}_train", str(tmp_path), 48, 32, seed=1, **data_kw)
     register_synthetic_seg(f"{name}_test", str(tmp_path), 8, 32, seed=2, **data_kw)
     cfg = setup_cfg("", SMALL_UNET + [
@@ -135,7 +136,7 @@ def _train(tmp_path, name, iters, **data_kw):
         "SOLVER.IMS_PER_BATCH", 8, "SOLVER.BASE_LR", 0.05, "SOLVER.MAX_ITER", iters,
         "SOLVER.WARMUP_ITERS", 10, "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR",
         "SOLVER.CHECKPOINT_PERIOD", 100000, "OUTPUT_DIR", str(tmp_path / "out"), "SEED", 0,
-        "TEST.NUM_VIS_IMAGES", 2,
+        "TEST.NUM_VIS_IMAGES", 2, *opts,
     ])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -148,6 +149,49 @@ def test_loss_decreases_over_30_iterations(tmp_path):
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no bfloat16 units")
+def test_amp_on_cpu_trains_in_bfloat16_and_evaluates_in_float32(tmp_path):
+    convs = []
+
+    def record(module, inputs, output):
+        convs.append((module.training, output.dtype))
+
+    from d2ext.engine import AutocastTrainer
+
+    _, trainer = _train(tmp_path, "amp_blobs", 30, opts=("SOLVER.AMP.ENABLED", True), contrast=60.0, noise=10.0)
+    assert type(trainer._trainer) is AutocastTrainer
+    model = trainer.model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    losses = [v for v, _ in trainer.storage.history("total_loss").values()]
+    assert len(losses) == 30 and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(record)
+    batch = next(iter(trainer.build_train_loader(trainer.cfg)))
+    model.train()
+    with trainer._trainer.autocast:
+        model(batch)
+    model.eval()
+    with torch.no_grad():
+        model(batch[:1])
+    assert convs == [(True, torch.bfloat16), (False, torch.float32)]
+
+
+def test_amp_without_bfloat16_units_trains_in_float32_with_a_warning(tmp_path, monkeypatch, caplog):
+    import contextlib
+
+    from d2ext.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_bfloat16", lambda: False)
+    cfg = setup_cfg("", SMALL_UNET + ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True])
+    with caplog.at_level("WARNING", logger="detectron2"):
+        ctx = trainer_module.training_autocast(cfg)
+    assert isinstance(ctx, contextlib.nullcontext)
+    assert "no bfloat16 units; training in float32" in caplog.text
+    off = setup_cfg("", SMALL_UNET + ["MODEL.DEVICE", "cpu"])
+    assert isinstance(trainer_module.training_autocast(off), contextlib.nullcontext)
 
 
 def test_trained_unet_beats_otsu_where_thresholding_fails(tmp_path):

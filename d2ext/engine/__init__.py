@@ -2,8 +2,8 @@
 CPU-safe) and the Predictor. Importing it registers every d2ext component."""
 from .. import register_all
 from .predict import Predictor, list_images, outputs_to_coco_results
-from .trainer import Trainer, setup_cfg
+from .trainer import AutocastTrainer, Trainer, setup_cfg, training_autocast
 
 register_all()
 
-__all__ = ["Trainer", "setup_cfg", "Predictor", "list_images", "outputs_to_coco_results"]
+__all__ = ["Trainer", "setup_cfg", "AutocastTrainer", "training_autocast", "Predictor", "list_images", "outputs_to_coco_results"]

@@ -5,10 +5,16 @@ Differences from ``DefaultTrainer``, each for a reason:
   segmentation need their own), the evaluator from the dataset's ``evaluator_type``;
 - multi-process training works on CPU: Detectron2 wraps the model in DDP with
   ``device_ids=[local_rank]``, which DDP rejects for CPU modules, so we pass ``device_ids=None``
-  when the model is not on a GPU (gloo backend, as ``launch`` picks without CUDA).
+  when the model is not on a GPU (gloo backend, as ``launch`` picks without CUDA);
+- ``SOLVER.AMP.ENABLED`` also works on CPU: Detectron2's ``AMPTrainer`` is CUDA-only (float16 +
+  gradient scaler); on a CPU with bfloat16 units the forward pass runs under
+  ``torch.autocast("cpu", torch.bfloat16)`` (:class:`AutocastTrainer`), elsewhere in float32.
 """
+import contextlib
+import functools
 import logging
 import os
+import time
 import weakref
 
 import torch
@@ -26,7 +32,59 @@ from ..data.coco_files import check_datasets, dataset_folder_name, register_coco
 from ..evaluation import build_evaluator
 from ..modeling.test_time_augmentation import with_test_time_augmentation
 
-__all__ = ["Trainer", "setup_cfg"]
+__all__ = ["Trainer", "setup_cfg", "AutocastTrainer", "training_autocast"]
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it PyTorch
+    emulates bfloat16 and autocast makes training slower, not faster."""
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(p() for p in probes if p is not None)
+
+
+def training_autocast(cfg):
+    """The mixed-precision context of a training forward pass under ``SOLVER.AMP.ENABLED``:
+    float16 on CUDA (as Detectron2's ``AMPTrainer``), bfloat16 on a CPU that has it, else none
+    (a warning says so)."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return contextlib.nullcontext()
+    device = torch.device(cfg.MODEL.DEVICE).type
+    if device == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if device == "cpu" and cpu_has_bfloat16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    logging.getLogger("detectron2").warning(
+        "SOLVER.AMP.ENABLED: this %s has no bfloat16 units; training in float32", device)
+    return contextlib.nullcontext()
+
+
+class AutocastTrainer(SimpleTrainer):
+    """``SimpleTrainer`` with the forward pass (and losses) under ``autocast``, backward and the
+    optimizer step outside it (as PyTorch recommends); parameters and gradients stay float32.
+    For bfloat16, which keeps float32's exponent range, so no gradient scaler is needed.
+    Written here because Detectron2's ``AMPTrainer`` asserts CUDA and uses float16."""
+
+    def __init__(self, model, data_loader, optimizer, autocast):
+        super().__init__(model, data_loader, optimizer)
+        self.autocast = autocast
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        self.optimizer.zero_grad()
+        with self.autocast:
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        loss_dict = {k: v.float() for k, v in loss_dict.items()}
+        losses = sum(loss_dict.values())
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
 
 
 class Trainer(DefaultTrainer):
@@ -45,9 +103,12 @@ class Trainer(DefaultTrainer):
         on_gpu = next(model.parameters()).is_cuda
         ddp_kwargs = {} if on_gpu else {"device_ids": None}
         model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        if cfg.SOLVER.AMP.ENABLED and on_gpu:
+            self._trainer = AMPTrainer(model, data_loader, optimizer)
+        elif cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AutocastTrainer(model, data_loader, optimizer, training_autocast(cfg))
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, allow_partial=cfg.MODEL.WEIGHTS_PARTIAL,
                                              trainer=weakref.proxy(self))

@@ -96,6 +96,7 @@ def seconds_per_train_step(cfg, n_warmup: int = 2, n_timed: int = 3) -> float:
     import statistics
 
     from d2ext.engine import Trainer
+    from d2ext.engine.trainer import training_autocast
     from detectron2.utils.events import EventStorage
 
     cfg = cfg.clone()
@@ -109,7 +110,8 @@ def seconds_per_train_step(cfg, n_warmup: int = 2, n_timed: int = 3) -> float:
     with EventStorage(0):  # R-CNNs log training statistics to it
         for i in range(n_warmup + n_timed):
             t0 = time.perf_counter()
-            loss = sum(model(next(data)).values())
+            with training_autocast(cfg):  # as the Trainer's step under SOLVER.AMP.ENABLED
+                loss = sum(model(next(data)).values())
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -3,7 +3,7 @@ CPU) vs Otsu and k-means, on the split as it is and under controlled shifts.
 
     tools/benchmark.py wbc_seg [--wbc-modes binary 3class]
     tools/benchmark.py wbc_seg/deeplabv3/binary wbc_seg/deeplabv3/3class wbc_seg/mask_rcnn/binary
-    tools/benchmark.py wbc_seg_shift [--wbc-models unet deeplabv3 mask_rcnn] [--wbc-recipe shift|none]
+    tools/benchmark.py wbc_seg_shift [--wbc-models unet deeplabv3 deeplabv3plus mask_rcnn] [--wbc-recipe shift|none]
     (shared: --budget-min N per trained model, --data DIR, --test-data DIR, --output DIR)
 
 Data: ``--data`` is a folder of ``NNN.bmp`` images + ``NNN.png`` masks (Zheng et al. 2018 format;
@@ -15,6 +15,7 @@ through a link in the row's output folder.
 
 Models (``--wbc-models``, configs in ``configs/wbc_seg/``): ``unet`` = ``unet_classic_<mode>``
 at 1/4 width (``--wbc-width`` 16: 16 -> 256 channels), ``deeplabv3`` = ``deeplabv3_R34_<mode>``,
+``deeplabv3plus`` = ``deeplabv3plus_R34_<mode>`` (the same with the v3+ decoder),
 ``mask_rcnn`` = ``mask_rcnn_R34_FPN`` (binary only: its painted instance masks are scored as a
 label map). Each trains with its config's recipe (``--wbc-recipe shift``: scale 0.4x-3x, crops,
 flips, colour / stain / blur augmentation, inference at a fixed factor of each image's own size;
@@ -53,11 +54,11 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 MODES = {"binary": "binary", "3class": "three_class"}  # config tag -> converter mode
-MODELS = ("unet", "deeplabv3", "mask_rcnn")
+MODELS = ("unet", "deeplabv3", "deeplabv3plus", "mask_rcnn")
 CLASSICAL = ("otsu", "kmeans")
 # U-Net / DeepLab / Mask R-CNN configs of each mode
 CONFIGS = {"unet": "unet_classic_{mode}.yaml", "deeplabv3": "deeplabv3_R34_{mode}.yaml",
-           "mask_rcnn": "mask_rcnn_R34_FPN.yaml"}
+           "deeplabv3plus": "deeplabv3plus_R34_{mode}.yaml", "mask_rcnn": "mask_rcnn_R34_FPN.yaml"}
 SHIFT_SEED = 0
 
 
@@ -182,7 +183,12 @@ def build_shifted_sets(test_name: str, out: Path, shifts, seed: int = SHIFT_SEED
 # --------------------------------------------------------------------------------------------
 def _recipe_opts(model: str, args) -> list:
     """Config overrides for a CPU run of ``model`` with ``--wbc-recipe``."""
-    opts = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "1"]
+    # CPU rows: bfloat16 autocast where the CPU has it (SOLVER.AMP.ENABLED, d2ext.engine.trainer) and
+    # augmentation in the training process. Measured on the 2-core benchmark machine (AVX512-BF16),
+    # seconds per iteration, float32 with one loader worker -> bfloat16 in-process: U-Net 0.305 ->
+    # 0.176, DeepLabv3 0.471 -> 0.282; a worker competes with the 2 compute threads (U-Net float32:
+    # 0.305 with it, 0.264 without). Dice per iteration unchanged (README "WBC segmentation recipe").
+    opts = ["MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0", "SOLVER.AMP.ENABLED", "True"]
     if model == "unet":
         widths = [args.wbc_width * 2 ** i for i in range(5)]
         opts += ["MODEL.UNET.ENCODER_CHANNELS", str(widths), "MODEL.UNET.DECODER_CHANNELS", str(widths[-2::-1]),
