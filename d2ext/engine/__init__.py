@@ -6,4 +6,5 @@ from .trainer import AutocastTrainer, Trainer, setup_cfg, training_autocast
 
 register_all()
 
-__all__ = ["Trainer", "setup_cfg", "AutocastTrainer", "training_autocast", "Predictor", "list_images", "outputs_to_coco_results"]
+__all__ = ["Trainer", "setup_cfg", "AutocastTrainer", "training_autocast", "Predictor", "list_images",
+           "outputs_to_coco_results"]

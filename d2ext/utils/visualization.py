@@ -3,6 +3,8 @@
 Semantic-segmentation label maps are filled with one distinct colour per class (Detectron2's
 ``colormap`` palette, not the dataset's ``stuff_colors``, which for the WBC masks are the grey
 levels of the annotation) and get one legend per image instead of a text label per region.
+Boxes, masks and keypoints get one colour per class (the dataset's ``thing_colors`` when it has
+them), the same in every drawing: Detectron2's drawers pick a random colour per box.
 """
 from typing import Dict, List, Optional, Sequence
 
@@ -87,7 +89,10 @@ def _overlay_by_class(vis: Visualizer, boxes, class_ids: List[int], labels: List
 
 def _label(class_id: int, names: Optional[List[str]], score: Optional[float] = None, crowd: bool = False,
            shown_id: Optional[int] = None) -> str:
-    text = names[class_id] if names and 0 <= class_id < len(names) else f"class {class_id if shown_id is None else shown_id}"
+    if names and 0 <= class_id < len(names):
+        text = names[class_id]
+    else:
+        text = f"class {class_id if shown_id is None else shown_id}"
     if score is not None:
         text += f" {100 * score:.0f}%"
     return text + ("|crowd" if crowd else "")
