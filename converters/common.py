@@ -314,7 +314,7 @@ def iter_text_blocks(path, fmt: str = "common", *, skip_blank: bool = False,
             numbers = range(lineno + 1, lineno + 1 + len(lines))
             lineno += len(lines)
             if skip_blank:
-                lines = [line.strip() for line in lines]
+                lines = list(map(str.strip, lines))
                 if "" in lines:
                     numbers = [n for n, line in zip(numbers, lines) if line]
                     lines = [line for line in lines if line]
@@ -511,6 +511,9 @@ class ImagePaths:
 
     def __init__(self, root):
         self.root = None if root is None else os.fspath(root)
+        # root + os.sep (os.path.join(root, "")): prefix + relative == os.path.join(root, relative)
+        # for the relative paths the fast path below accepts
+        self._prefix = None if root is None else os.path.join(self.root, "")
         self._dirs: Dict[str, bool] = {}
         self._symlinks: Dict[str, set] = {}
 
@@ -520,7 +523,7 @@ class ImagePaths:
         folder, sep, base = relative.rpartition("/")
         if sep and self._dirs.get(folder) and folder in self._symlinks and "\\" not in relative \
                 and base not in ("", ".", "..") and base not in self._symlinks[folder]:
-            return os.path.join(self.root, relative)
+            return self._prefix + relative
         rel = relative.replace("\\", "/")
         if not rel or rel.startswith("/") or (len(rel) > 1 and rel[1] == ":") or \
                 ".." in rel.split("/"):
@@ -647,10 +650,27 @@ def _coco_annotation(ann: dict, ann_id: int, image_id) -> dict:
     return coco
 
 
+class BoxAnnotations(list):
+    """A list of box annotations that its builder makes uniform: every item is exactly
+    ``{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": int, "iscrowd": int,
+    <extra>: JSON value}`` (``extra`` names the one extra key, e.g. WIDER's ``"attributes"``).
+    :func:`export_coco_json` trusts it and skips the layout checks it makes on a plain list (half
+    of its per-face cost on WIDER's 40k faces); to everything else it is a plain list."""
+
+    def __init__(self, items=(), extra: str = "attributes"):
+        super().__init__(items)
+        self.extra = extra
+
+
 def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Optional[List[dict]]:
     """:func:`_coco_annotation` of every annotation of one image at once, when all are XYWH boxes
     with the same keys and at most one extra field (WIDER: ``attributes``); None otherwise. The
     same dicts, built in one comprehension (40k faces per WIDER file)."""
+    if type(anns) is BoxAnnotations:  # uniform by construction: no checks, same dicts
+        key = anns.extra
+        return [{"id": i, "image_id": image_id, "category_id": a["category_id"] + 1, "bbox": b,
+                 "iscrowd": a["iscrowd"], "area": b[2] * b[3], key: a[key]} for i, a, b in
+                zip(range(first_id, first_id + len(anns)), anns, map(itemgetter("bbox"), anns))]
     keys = anns[0].keys()
     extra = keys - _PLAIN_BOX_KEYS
     # the checks run as C-level map/set passes (tuple(dict) is its keys in order: one key layout)

@@ -48,8 +48,8 @@ from typing import Iterator, List, Optional
 
 from d2ext.core import check_outputs
 
-from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, ConversionError, ConversionReport,
-                     ImagePaths, check_box_xyxy, export_coco_json, iter_text_blocks,
+from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, BoxAnnotations, ConversionError,
+                     ConversionReport, ImagePaths, check_box_xyxy, export_coco_json, iter_text_blocks,
                      progress, read_image_size, register_dataset, require_dir)
 
 logger = logging.getLogger(__name__)
@@ -221,12 +221,14 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         max_y = height if height is not None else MAX_COORDINATE
         if parsed is not None and _clean_faces(parsed, max_x, max_y):
             # every face well formed, distinct and inside the image: one comprehension
-            annotations = [{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
-                            "iscrowd": invalid, "attributes": {
-                                "blur": blur, "expression": expression, "illumination": illumination,
-                                "invalid": invalid, "occlusion": occlusion, "pose": pose}}
-                           for x, y, w, h, (blur, expression, illumination, invalid, occlusion, pose)
-                           in zip(*parsed[0], parsed[1])]
+            # (BoxAnnotations: uniform by construction, so the COCO export skips its checks)
+            annotations = BoxAnnotations([
+                {"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
+                 "iscrowd": invalid, "attributes": {
+                     "blur": blur, "expression": expression, "illumination": illumination,
+                     "invalid": invalid, "occlusion": occlusion, "pose": pose}}
+                for x, y, w, h, (blur, expression, illumination, invalid, occlusion, pose)
+                in zip(*parsed[0], parsed[1])], "attributes")
             crowd = sum(map(itemgetter(3), parsed[1]))  # attribute 3: invalid
         elif parsed is not None:
             rows = zip(nums, _face_values(parsed), repeat(None))

@@ -244,3 +244,29 @@ def test_normpath_skip_is_safe():
         if not common._maybe_unnormal(rel):
             assert os.path.normpath(rel) == rel
     assert not common._maybe_unnormal("0--Parade/0_Parade_1.jpg")
+
+
+def test_trusted_box_annotations_export_the_same_bytes_as_checked_lists(tmp_path):
+    """BoxAnnotations (uniform by construction, e.g. WIDER faces) skip the exporter's layout
+    checks; the file is byte for byte the one the checked path writes for plain lists. To
+    Detectron2 it is a list: pickles (DatasetFromList) and compares like one."""
+    import pickle
+
+    from converters.common import BoxAnnotations
+
+    def faces(i):
+        return [{"bbox": [i, 2 * k, 5 + k, 7], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": k % 2,
+                 "iscrowd": int(k == 2), "attributes": {"blur": k, "pose": i % 2}} for k in range(3)]
+
+    plain = [make_record(f"/d/{i}.jpg", i + 1, faces(i), height=40, width=50) for i in range(300)]
+    trusted = [dict(r, annotations=BoxAnnotations(r["annotations"], "attributes")) for r in plain]
+    assert type(trusted[0]["annotations"]) is BoxAnnotations and trusted[0]["annotations"] == plain[0]["annotations"]
+    export_coco_json(plain, ["a", "b"], tmp_path / "plain.json")
+    export_coco_json(trusted, ["a", "b"], tmp_path / "trusted.json")
+    data = (tmp_path / "trusted.json").read_bytes()
+    assert data == (tmp_path / "plain.json").read_bytes()
+    anns = json.loads(data)["annotations"]
+    assert len(anns) == 900 and anns[2]["iscrowd"] == 1 and anns[1]["category_id"] == 2
+    assert anns[4]["attributes"] == {"blur": 1, "pose": 1} and anns[4]["area"] == 6 * 7
+    again = pickle.loads(pickle.dumps(trusted[5]["annotations"]))
+    assert type(again) is BoxAnnotations and again.extra == "attributes" and again == plain[5]["annotations"]
