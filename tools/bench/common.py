@@ -95,8 +95,7 @@ def seconds_per_train_step(cfg, n_warmup: int = 2, n_timed: int = 3) -> float:
     size a run to a time budget. The median, since the machine may be shared."""
     import statistics
 
-    from d2ext.engine import Trainer
-    from d2ext.engine.trainer import training_autocast
+    from d2ext.engine import Trainer, training_autocast
     from detectron2.utils.events import EventStorage
 
     cfg = cfg.clone()
