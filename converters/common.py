@@ -67,7 +67,9 @@ COCO and Detectron2:
   ``attributes`` are kept; keypoint x/y have Detectron2's +0.5 removed so ``load_coco_json``
   gives back the same values). Memory stays bounded (annotations beyond 16 MiB of JSON are
   spooled to a temp file).
-  Written atomically, or into ``batch`` (a ``d2ext.core.OutputBatch``); orjson encodes.
+  Written atomically, or into ``batch`` (a ``d2ext.core.OutputBatch``); orjson encodes. A
+  record's ``annotations`` may be a ``BoxColumns`` (boxes as checked columns: written without a
+  dict per box; ``to_records()`` gives the Detectron2 dicts).
 - ``register_dataset(name, loader, metadata, **loader_kwargs)`` registers ``loader(**kwargs)``
   lazily in ``DatasetCatalog`` and ``metadata`` in ``MetadataCatalog``. Calling it again with an
   equal loader (same function / partial args), kwargs and metadata is a no-op; anything else
@@ -75,15 +77,21 @@ COCO and Detectron2:
 
 The data root (``$D2EXT_SHARED_DATA``) is :func:`d2ext.core.data_root`.
 """
+from __future__ import annotations
+
 import functools
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections import Counter
+from itertools import count
 from operator import itemgetter
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+# typing and tempfile stay off the start-up path of tools/convert.py (as in d2ext.core): the
+# annotations are not evaluated, and the spool file of export_coco_json is made only when needed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from d2ext.core import (OutputBatch, atomic_open, atomic_write_bytes, atomic_write_json,  # noqa: F401
                         dumps_json, is_inside, resolve_inside)
@@ -650,16 +658,58 @@ def _coco_annotation(ann: dict, ann_id: int, image_id) -> dict:
     return coco
 
 
-class BoxAnnotations(list):
-    """A list of box annotations that its builder makes uniform: every item is exactly
-    ``{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": int, "iscrowd": int,
-    <extra>: JSON value}`` (``extra`` names the one extra key, e.g. WIDER's ``"attributes"``).
-    :func:`export_coco_json` trusts it and skips the layout checks it makes on a plain list (half
-    of its per-face cost on WIDER's 40k faces); to everything else it is a plain list."""
+class BoxColumns:
+    """The boxes of one image as columns, for :func:`export_coco_json`: ``x, y, w, h`` (XYWH_ABS),
+    ``iscrowd`` (ints, one per box) and optionally one extra field ``extra_key`` with a JSON
+    value per box (``extra``; WIDER's ``"attributes"`` dicts); every box has ``category_id``.
 
-    def __init__(self, items=(), extra: str = "attributes"):
-        super().__init__(items)
-        self.extra = extra
+    A converter that builds its boxes column-wise and checks them as it goes (WIDER: 40k faces
+    per file) hands this to the exporter, which writes the COCO annotations straight from the
+    columns -- no Detectron2 dict per box is built and no per-box layout check is made.
+    :meth:`to_records` gives the Detectron2 annotation dicts (the same contents) for the other
+    consumers. Extra values may be shared between boxes (the exporter only serialises them);
+    :meth:`to_records` copies dict values so every record owns its own.
+    """
+
+    __slots__ = ("x", "y", "w", "h", "iscrowd", "category_id", "extra_key", "extra")
+
+    def __init__(self, x, y, w, h, iscrowd, *, category_id: int = 0, extra_key: Optional[str] = None,
+                 extra: Optional[Sequence] = None):
+        if not len(x) == len(y) == len(w) == len(h) == len(iscrowd) or \
+                (extra_key is not None and (extra is None or len(extra) != len(x))):
+            raise ValueError("BoxColumns: columns of different lengths")
+        if extra_key in _COCO_BOX_KEYS:
+            raise ValueError(f"BoxColumns: extra field {extra_key!r} is a COCO annotation key")
+        self.x, self.y, self.w, self.h, self.iscrowd = x, y, w, h, iscrowd
+        self.category_id, self.extra_key, self.extra = int(category_id), extra_key, extra
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to_records(self) -> List[dict]:
+        """Detectron2 annotation dicts (``bbox_mode`` XYWH_ABS), one per box, in order."""
+        cat, key = self.category_id, self.extra_key
+        if key is None:
+            return [{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": cat, "iscrowd": c}
+                    for x, y, w, h, c in zip(self.x, self.y, self.w, self.h, self.iscrowd)]
+        return [{"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": cat, "iscrowd": c,
+                 key: dict(e) if type(e) is dict else e}
+                for x, y, w, h, c, e in zip(self.x, self.y, self.w, self.h, self.iscrowd, self.extra)]
+
+    def to_coco(self, first_id: int, image_id) -> List[dict]:
+        """COCO annotation dicts with ids ``first_id, first_id + 1, ...`` (the keys and order of
+        :func:`_coco_annotation` for a box: id, image_id, category_id, bbox, iscrowd, area, extra)."""
+        cat, key = self.category_id + 1, self.extra_key
+        if key is None:
+            return [{"id": i, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "iscrowd": c,
+                     "area": w * h} for i, x, y, w, h, c in
+                    zip(count(first_id), self.x, self.y, self.w, self.h, self.iscrowd)]
+        return [{"id": i, "image_id": image_id, "category_id": cat, "bbox": [x, y, w, h], "iscrowd": c,
+                 "area": w * h, key: e} for i, x, y, w, h, c, e in
+                zip(count(first_id), self.x, self.y, self.w, self.h, self.iscrowd, self.extra)]
+
+
+_COCO_BOX_KEYS = {"id", "image_id", "category_id", "bbox", "iscrowd", "area", "segmentation", "keypoints"}
 
 
 def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Optional[List[dict]]:
@@ -667,24 +717,21 @@ def _coco_box_annotations(anns: Sequence[dict], first_id: int, image_id) -> Opti
     with the same keys and at most one extra field (WIDER: ``attributes``); None otherwise. The
     same dicts, built in one comprehension (40k faces per WIDER file)."""
     ids = range(first_id, first_id + len(anns))
-    if type(anns) is BoxAnnotations:  # uniform by construction: the checks below are skipped
-        key = anns.extra
-    else:
-        keys = anns[0].keys()
-        extra = keys - _PLAIN_BOX_KEYS
-        # the checks run as C-level map/set passes (tuple(dict) is its keys in order: one key layout)
-        if len(extra) > 1 or not extra.isdisjoint(_GEOMETRY_KEYS) or len(keys) - len(extra) != 4 or \
-                len(set(map(tuple, anns))) != 1 or \
-                set(map(itemgetter("bbox_mode"), anns)) != {BOX_MODE_XYWH_ABS}:
-            return None
-        if not extra:
-            return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
-                     "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
-                    zip(ids, anns, map(itemgetter("bbox"), anns))]
-        (key,) = extra
-        if key in ("id", "image_id", "area") or \
-                not set(map(type, map(itemgetter(key), anns))) <= _EXTRA_TYPE_SET:
-            return None
+    keys = anns[0].keys()
+    extra = keys - _PLAIN_BOX_KEYS
+    # the checks run as C-level map/set passes (tuple(dict) is its keys in order: one key layout)
+    if len(extra) > 1 or not extra.isdisjoint(_GEOMETRY_KEYS) or len(keys) - len(extra) != 4 or \
+            len(set(map(tuple, anns))) != 1 or \
+            set(map(itemgetter("bbox_mode"), anns)) != {BOX_MODE_XYWH_ABS}:
+        return None
+    if not extra:
+        return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
+                 "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3]} for i, a, b in
+                zip(ids, anns, map(itemgetter("bbox"), anns))]
+    (key,) = extra
+    if key in ("id", "image_id", "area") or \
+            not set(map(type, map(itemgetter(key), anns))) <= _EXTRA_TYPE_SET:
+        return None
     return [{"id": i, "image_id": image_id, "category_id": int(a["category_id"]) + 1, "bbox": b,
              "iscrowd": int(a["iscrowd"]), "area": b[2] * b[3], key: a[key]} for i, a, b in
             zip(ids, anns, map(itemgetter("bbox"), anns))]
@@ -743,13 +790,55 @@ _CHUNK = 256  # images per encoder call in export_coco_json (memory: one chunk o
 _SPOOL_MEMORY = 16 << 20  # annotation JSON kept in memory before export_coco_json spools to disk
 
 
+class _Spool:
+    """Bytes kept in memory up to ``limit``, then in an unnamed temp file; :meth:`copy_to` writes
+    them all out in order. (``tempfile.SpooledTemporaryFile`` does this, but importing tempfile
+    costs every ``tools/convert.py`` run ~2 ms; here it is imported only for a file over the limit.)"""
+
+    def __init__(self, limit: int):
+        self.limit, self.size, self.chunks, self.file = limit, 0, [], None
+
+    def write(self, data: bytes) -> None:
+        if self.file is None:
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.size > self.limit:
+                import tempfile
+
+                self.file = tempfile.TemporaryFile("w+b")
+                self.file.writelines(self.chunks)
+                self.chunks = []
+        else:
+            self.file.write(data)
+
+    def copy_to(self, out) -> None:
+        if self.file is None:
+            out.writelines(self.chunks)
+            return
+        self.file.seek(0)
+        while True:
+            block = self.file.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()
+
+
 def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path, *,
                      image_root=None, info: Optional[dict] = None,
                      keypoint_names: Optional[Sequence[str]] = None,
                      skeleton: Optional[Sequence[Sequence[int]]] = None,
                      fmt: str = "common", batch: Optional[OutputBatch] = None,
                      require_sizes: bool = True) -> Dict[str, int]:
-    """Stream Detectron2 records into a COCO JSON file (written atomically).
+    """Stream Detectron2 records into a COCO JSON file (written atomically). A record's
+    ``annotations`` may also be a :class:`BoxColumns` (a converter's checked boxes, written from
+    the columns).
 
     Categories are 1-based (``id = category_id + 1``). Image ids are the records' ``image_id``
     when they are ints, else 1, 2, ... in order. Annotation ids are 1, 2, .... ``skeleton``
@@ -810,7 +899,7 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
         images_chunk.clear()
         anns_chunk.clear()
 
-    with opened as out, tempfile.SpooledTemporaryFile(_SPOOL_MEMORY, "w+b") as spool:
+    with opened as out, _Spool(_SPOOL_MEMORY) as spool:
         out.write(dumps_json(head)[:-1] + b',"images":[')
         for index, rec in enumerate(records, 1):
             has_size = "height" in rec and "width" in rec
@@ -841,7 +930,11 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
             images_chunk.append(img)
             num_images += 1
             anns = rec.get("annotations", ())
-            if anns:
+            if type(anns) is BoxColumns:  # a converter's checked columns: written as they are
+                coco_anns = anns.to_coco(num_anns + 1, image_id)
+                num_anns += len(coco_anns)
+                anns_chunk.append((rec["file_name"], coco_anns))
+            elif anns:
                 coco_anns = (_coco_box_annotations(anns, num_anns + 1, image_id)
                              or [_coco_annotation(ann, num_anns + k, image_id) for k, ann in enumerate(anns, 1)])
                 num_anns += len(coco_anns)
@@ -850,8 +943,7 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
                 flush(out, spool)
         flush(out, spool)
         out.write(b'],"annotations":[')
-        spool.seek(0)
-        shutil.copyfileobj(spool, out)
+        spool.copy_to(out)
         out.write(b"]")
         if missing_sizes:
             d2ext_key["image_sizes"] = False

@@ -39,16 +39,21 @@ Report notes: ``num_face_rows`` (sum of the face counts), ``num_faces_kept``,
 ``num_faces_skipped`` (face rows reported as skipped, including placeholder rows and faces of
 skipped images), ``num_empty_images``, ``num_crowd_faces`` (invalid=1).
 """
+from __future__ import annotations
+
 import logging
 import os
 import re
 from itertools import product, repeat
 from operator import add, itemgetter, methodcaller
-from typing import Iterator, List, Optional
+
+TYPE_CHECKING = False  # typing off the start-up path of tools/convert.py (converters.common)
+if TYPE_CHECKING:
+    from typing import Iterator, List, Optional
 
 from d2ext.core import check_outputs
 
-from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, BoxAnnotations, ConversionError,
+from .common import (BOX_MODE_XYWH_ABS, MAX_COORDINATE, BoxColumns, ConversionError,
                      ConversionReport, ImagePaths, check_box_xyxy, export_coco_json, iter_text_blocks,
                      progress, read_image_size, register_dataset, require_dir)
 
@@ -115,7 +120,7 @@ def _ints(text: str):
 
 def iter_widerface(annotation_file, image_root=None, *, report: Optional[ConversionReport] = None,
                    read_sizes: bool = True, image_size=None,
-                   show_progress: bool = False) -> Iterator[dict]:
+                   show_progress: bool = False, columns: bool = False) -> Iterator[dict]:
     """Yield one Detectron2 record per image of a WIDER Face annotation file.
 
     Args:
@@ -127,6 +132,10 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
             images are then reported and skipped). False leaves the size out of the records.
         image_size: ``(height, width)`` given to every image instead of reading headers (for
             annotation-only work such as synthetic benchmarks); boxes are checked against it.
+        columns: the faces of an image that needs no skip or repair (nearly all) come as a
+            :class:`converters.common.BoxColumns` instead of a list of dicts (for
+            :func:`export_coco_json`, which writes them without a dict per face; their attribute
+            dicts are shared between faces). False: Detectron2 records throughout.
     """
     report = report if report is not None else ConversionReport(FORMAT)
     src = os.fspath(annotation_file)
@@ -220,16 +229,14 @@ def iter_widerface(annotation_file, image_root=None, *, report: Optional[Convers
         max_x = width if width is not None else MAX_COORDINATE
         max_y = height if height is not None else MAX_COORDINATE
         if parsed is not None and _clean_faces(parsed, max_x, max_y):
-            # every face well formed, distinct and inside the image: one comprehension
-            # (BoxAnnotations: uniform by construction, so the COCO export skips its checks)
-            annotations = BoxAnnotations([
-                {"bbox": [x, y, w, h], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 0,
-                 "iscrowd": invalid, "attributes": {
-                     "blur": blur, "expression": expression, "illumination": illumination,
-                     "invalid": invalid, "occlusion": occlusion, "pose": pose}}
-                for x, y, w, h, (blur, expression, illumination, invalid, occlusion, pose)
-                in zip(*parsed[0], parsed[1])], "attributes")
-            crowd = sum(map(itemgetter(3), parsed[1]))  # attribute 3: invalid
+            # every face well formed, distinct and inside the image: the columns as parsed
+            # (the COCO export writes them as they are; Detectron2 gets a dict per face)
+            crowds = list(map(itemgetter(3), parsed[1]))  # attribute 3: invalid
+            annotations = BoxColumns(*parsed[0], crowds, category_id=0, extra_key="attributes",
+                                     extra=list(map(_ATTRIBUTE_DICTS.__getitem__, parsed[1])))
+            if not columns:
+                annotations = annotations.to_records()
+            crowd = sum(crowds)
         elif parsed is not None:
             rows = zip(nums, _face_values(parsed), repeat(None))
         for lineno, vals, bad in rows:  # the general loop: skips and repairs, face by face
@@ -290,6 +297,9 @@ _NUMBER_ROW = re.compile(r"[-+\d\s]+")
 _ATTRIBUTE_TAILS = {" " + " ".join(map(str, v)): v for v in product(
     *(range(ATTRIBUTE_MAX[name] + 1) for name in ATTRIBUTE_NAMES))}
 _COUNT_SPACES = methodcaller("count", " ")
+# attribute 6-tuple -> its dict in the official order, one per legal combination (shared by the
+# faces of BoxColumns, which only the COCO export serialises)
+_ATTRIBUTE_DICTS = {v: dict(zip(ATTRIBUTE_NAMES, v)) for v in _ATTRIBUTE_TAILS.values()}
 
 
 def _parse_faces(texts):
@@ -406,7 +416,7 @@ def convert_widerface(annotation_file, image_root, out_json, *, report=None, ima
     report = report if report is not None else ConversionReport(FORMAT, sources=[annotation_file])
     check_outputs([annotation_file, image_root], [out_json], "converters.widerface")
     records = iter_widerface(annotation_file, image_root, report=report, read_sizes=read_sizes,
-                             image_size=image_size, show_progress=show_progress)
+                             image_size=image_size, show_progress=show_progress, columns=True)
     counts = export_coco_json(records, THING_CLASSES, out_json, image_root=image_root, fmt=FORMAT,
                               info={"description": f"WIDER Face from "
                                                    f"{os.path.basename(str(annotation_file))}",

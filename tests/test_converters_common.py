@@ -246,27 +246,41 @@ def test_normpath_skip_is_safe():
     assert not common._maybe_unnormal("0--Parade/0_Parade_1.jpg")
 
 
-def test_trusted_box_annotations_export_the_same_bytes_as_checked_lists(tmp_path):
-    """BoxAnnotations (uniform by construction, e.g. WIDER faces) skip the exporter's layout
-    checks; the file is byte for byte the one the checked path writes for plain lists. To
-    Detectron2 it is a list: pickles (DatasetFromList) and compares like one."""
-    import pickle
+def test_box_columns_export_the_same_bytes_as_checked_lists(tmp_path):
+    """BoxColumns (a converter's checked boxes as columns, e.g. WIDER faces) are written straight
+    from the columns; the file is byte for byte the one the checked path writes for the same
+    boxes as Detectron2 dicts, and to_records() gives those dicts, each with its own extra dict."""
+    from converters.common import BoxColumns
 
-    from converters.common import BoxAnnotations
+    shared = [{"blur": k, "pose": k % 2} for k in range(3)]  # extra values shared between images
 
-    def faces(i):
-        return [{"bbox": [i, 2 * k, 5 + k, 7], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": k % 2,
-                 "iscrowd": int(k == 2), "attributes": {"blur": k, "pose": i % 2}} for k in range(3)]
+    def columns(i):
+        return BoxColumns([i] * 3, [0, 2, 4], [5, 6, 7], [7, 7, 7], [0, 0, 1], category_id=1,
+                          extra_key="attributes", extra=shared)
 
-    plain = [make_record(f"/d/{i}.jpg", i + 1, faces(i), height=40, width=50) for i in range(300)]
-    trusted = [dict(r, annotations=BoxAnnotations(r["annotations"], "attributes")) for r in plain]
-    assert type(trusted[0]["annotations"]) is BoxAnnotations and trusted[0]["annotations"] == plain[0]["annotations"]
+    cols = [make_record(f"/d/{i}.jpg", i + 1, (), height=40, width=50) for i in range(300)]
+    for i, r in enumerate(cols):
+        r["annotations"] = columns(i)
+    plain = [dict(r, annotations=r["annotations"].to_records()) for r in cols]
+    assert plain[3]["annotations"][2] == {"bbox": [3, 4, 7, 7], "bbox_mode": BOX_MODE_XYWH_ABS, "category_id": 1,
+                                          "iscrowd": 1, "attributes": {"blur": 2, "pose": 0}}
+    plain[0]["annotations"][0]["attributes"]["blur"] = 9  # records own their extra dicts
+    assert shared[0]["blur"] == 0 and plain[1]["annotations"][0]["attributes"]["blur"] == 0
+    plain[0]["annotations"][0]["attributes"]["blur"] = 0
     export_coco_json(plain, ["a", "b"], tmp_path / "plain.json")
-    export_coco_json(trusted, ["a", "b"], tmp_path / "trusted.json")
-    data = (tmp_path / "trusted.json").read_bytes()
+    export_coco_json(cols, ["a", "b"], tmp_path / "columns.json")
+    data = (tmp_path / "columns.json").read_bytes()
     assert data == (tmp_path / "plain.json").read_bytes()
     anns = json.loads(data)["annotations"]
-    assert len(anns) == 900 and anns[2]["iscrowd"] == 1 and anns[1]["category_id"] == 2
-    assert anns[4]["attributes"] == {"blur": 1, "pose": 1} and anns[4]["area"] == 6 * 7
-    again = pickle.loads(pickle.dumps(trusted[5]["annotations"]))
-    assert type(again) is BoxAnnotations and again.extra == "attributes" and again == plain[5]["annotations"]
+    assert len(anns) == 900 and [a["id"] for a in anns] == list(range(1, 901))
+    assert anns[2]["iscrowd"] == 1 and anns[1]["category_id"] == 2 and anns[4]["area"] == 6 * 7
+    assert anns[4]["image_id"] == 2 and anns[4]["attributes"] == {"blur": 1, "pose": 1}
+    plain_cols = BoxColumns([1], [2], [3], [4], [0])
+    assert plain_cols.to_records() == [{"bbox": [1, 2, 3, 4], "bbox_mode": BOX_MODE_XYWH_ABS,
+                                        "category_id": 0, "iscrowd": 0}]
+    assert plain_cols.to_coco(7, 3) == [{"id": 7, "image_id": 3, "category_id": 1, "bbox": [1, 2, 3, 4],
+                                         "iscrowd": 0, "area": 12}]
+    with pytest.raises(ValueError, match="different lengths"):
+        BoxColumns([1, 2], [2], [3], [4], [0])
+    with pytest.raises(ValueError, match="COCO annotation key"):
+        BoxColumns([1], [2], [3], [4], [0], extra_key="area", extra=[5])

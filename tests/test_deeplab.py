@@ -190,3 +190,24 @@ def test_wbc_deeplabv3plus_configs_are_the_v3_configs_plus_the_decoder(repo_root
     with torch.no_grad():
         out = model([{"image": torch.randint(0, 255, (3, 61, 75)).float()}])
     assert out[0]["sem_seg"].shape == (k, 61, 75)
+
+
+@pytest.mark.parametrize("mode,k", [("binary", 2), ("3class", 3)])
+def test_wbc_deeplabv3_r18_configs_are_the_r34_configs_on_a_lighter_backbone_and_aspp(repo_root, mode, k):
+    """configs/wbc_seg/deeplabv3_R18_* (the shift benchmark's DeepLabv3): the R34 config's recipe,
+    output stride and test-time scales, with ResNet-18 and a 128-channel ASPP; image-sized outputs."""
+    r34 = setup_cfg(str(repo_root / "configs" / "wbc_seg" / f"deeplabv3_R34_{mode}.yaml"))
+    r18 = setup_cfg(str(repo_root / "configs" / "wbc_seg" / f"deeplabv3_R18_{mode}.yaml"))
+    assert (r18.MODEL.RESNETS.DEPTH, r18.MODEL.DEEPLAB.ASPP_CHANNELS) == (18, 128)
+    assert (r34.MODEL.RESNETS.DEPTH, r34.MODEL.DEEPLAB.ASPP_CHANNELS) == (34, 256)
+    for key in ("RES4_DILATION", "RES5_DILATION", "NORM"):
+        assert r18.MODEL.RESNETS[key] == r34.MODEL.RESNETS[key]
+    assert r18.INPUT.AUG == r34.INPUT.AUG and r18.TEST.AUG == r34.TEST.AUG and r18.SOLVER == r34.SOLVER
+    assert r18.MODEL.DEEPLAB.LOW_LEVEL_FEATURE == "" and r18.OUTPUT_DIR != r34.OUTPUT_DIR
+    torch.manual_seed(0)
+    model = build_model(r18).eval()
+    assert model.sem_seg_head.output_stride == 16
+    assert len(model.backbone.res4) == 2 and len(model.backbone.res5) == 2  # ResNet-18: 2 blocks a stage
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 61, 75)).float()}])
+    assert out[0]["sem_seg"].shape == (k, 61, 75)

@@ -32,7 +32,7 @@ CASES = {
     "keypoint_rcnn": ("configs/coco_keypoints/keypoint_rcnn_R34_FPN.yaml",
                       ["DATASETS.TRAIN", '("kp_tiny_train",)', "DATASETS.TEST", '("kp_tiny_val",)'],
                       ["bbox", "keypoints"]),
-    "deeplabv3_binary": ("configs/wbc_seg/deeplabv3_R34_binary.yaml",
+    "deeplabv3_binary": ("configs/wbc_seg/deeplabv3_R18_binary.yaml",
                          ["DATASETS.TRAIN", '("seg_tiny_train",)', "DATASETS.TEST", '("seg_tiny_val",)'],
                          ["sem_seg"]),
     "deeplabv3_3class": ("configs/wbc_seg/deeplabv3_R34_3class.yaml",

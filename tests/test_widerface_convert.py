@@ -185,3 +185,30 @@ def test_column_parser_agrees_with_row_parser():
                 c not in "0123456789-" for r in rows for c in r.replace(" ", "")) or any(
                 "  " in r or len(tok) > 1 for r in rows for tok in r.split(" ")[4:])
     assert taken > 40
+
+
+def test_columns_export_equals_the_records_export(tmp_path):
+    """convert_widerface takes the faces of clean images as BoxColumns (no dict per face); the
+    COCO file is byte for byte the export of load_widerface's Detectron2 records, with clean,
+    clipped, skipped, duplicate and empty images mixed, and the records are plain lists."""
+    from converters.common import BoxColumns, export_coco_json
+    from converters.widerface import THING_CLASSES
+
+    p = tmp_path / "w.txt"
+    p.write_text("0--A/a.jpg\n3\n1 2 10 10 0 0 0 0 0 0\n5 5 10 10 1 1 1 1 2 1\n7 7 3 3 2 0 1 0 1 0\n"
+                 "0--A/b.jpg\n2\n35 25 10 10 1 0 0 0 0 0\n1 1 4 4 0 0 0 0 0 0\n"
+                 "0--A/c.jpg\n2\n1 1 4 4 0 0 0 0 0 0\n1 1 4 4 0 0 0 0 0 0\n"
+                 "0--A/d.jpg\n0\n0 0 0 0 0 0 0 0 0 0\n0--A/e.jpg\n1\n3 3 9 9 0 0 0 1 0 0\n")
+    size = (30, 40)
+    records = list(iter_widerface(p, None, image_size=size))
+    assert all(type(r["annotations"]) is list for r in records)
+    columns = list(iter_widerface(p, None, image_size=size, columns=True))
+    assert [type(r["annotations"]) for r in columns] == [BoxColumns, list, list, list, BoxColumns]
+    assert [r["annotations"].to_records() if type(r["annotations"]) is BoxColumns else r["annotations"]
+            for r in columns] == [r["annotations"] for r in records]
+    convert_widerface(p, None, tmp_path / "fast.json", image_size=size)
+    info = {"description": "WIDER Face from w.txt", "attribute_names": list(ATTRIBUTE_NAMES)}
+    export_coco_json(records, THING_CLASSES, tmp_path / "slow.json", info=info)
+    assert (tmp_path / "fast.json").read_bytes() == (tmp_path / "slow.json").read_bytes()
+    anns = json.loads((tmp_path / "fast.json").read_text())["annotations"]
+    assert len(anns) == 7 and anns[1]["iscrowd"] == 1 and anns[1]["attributes"]["occlusion"] == 2

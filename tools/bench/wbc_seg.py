@@ -14,8 +14,9 @@ and testing all of ``--test-data`` (any image size). Training runs in ``tools/tr
 through a link in the row's output folder.
 
 Models (``--wbc-models``, configs in ``configs/wbc_seg/``): ``unet`` = ``unet_classic_<mode>``
-at 1/4 width (``--wbc-width`` 16: 16 -> 256 channels), ``deeplabv3`` = ``deeplabv3_R34_<mode>``,
-``deeplabv3plus`` = ``deeplabv3plus_R34_<mode>`` (the same with the v3+ decoder),
+at 1/4 width (``--wbc-width`` 16: 16 -> 256 channels), ``deeplabv3`` = ``deeplabv3_R18_<mode>``
+(dilated ResNet-18, ASPP of 128 channels: the R34 / 256 one is under-trained in a CPU budget),
+``deeplabv3plus`` = ``deeplabv3plus_R34_<mode>`` (the R34 DeepLabv3 with the v3+ decoder),
 ``mask_rcnn`` = ``mask_rcnn_R34_FPN`` (binary only: its painted instance masks are scored as a
 label map). Each trains with its config's recipe (``--wbc-recipe shift``: scale 0.4x-3x, crops,
 flips, colour / stain / blur augmentation, inference at a fixed factor of each image's own size;
@@ -57,7 +58,7 @@ MODES = {"binary": "binary", "3class": "three_class"}  # config tag -> converter
 MODELS = ("unet", "deeplabv3", "deeplabv3plus", "mask_rcnn")
 CLASSICAL = ("otsu", "kmeans")
 # U-Net / DeepLab / Mask R-CNN configs of each mode
-CONFIGS = {"unet": "unet_classic_{mode}.yaml", "deeplabv3": "deeplabv3_R34_{mode}.yaml",
+CONFIGS = {"unet": "unet_classic_{mode}.yaml", "deeplabv3": "deeplabv3_R18_{mode}.yaml",
            "deeplabv3plus": "deeplabv3plus_R34_{mode}.yaml", "mask_rcnn": "mask_rcnn_R34_FPN.yaml"}
 SHIFT_SEED = 0
 
