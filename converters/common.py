@@ -83,12 +83,14 @@ import functools
 import logging
 import math
 import os
+import shutil
+import tempfile
 from collections import Counter
 from itertools import count
 from operator import itemgetter
 
-# typing and tempfile stay off the start-up path of tools/convert.py (as in d2ext.core): the
-# annotations are not evaluated, and the spool file of export_coco_json is made only when needed.
+# typing stays off the start-up path of tools/convert.py (as in d2ext.core): the annotations are
+# never evaluated (``from __future__ import annotations``).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -790,46 +792,6 @@ _CHUNK = 256  # images per encoder call in export_coco_json (memory: one chunk o
 _SPOOL_MEMORY = 16 << 20  # annotation JSON kept in memory before export_coco_json spools to disk
 
 
-class _Spool:
-    """Bytes kept in memory up to ``limit``, then in an unnamed temp file; :meth:`copy_to` writes
-    them all out in order. (``tempfile.SpooledTemporaryFile`` does this, but importing tempfile
-    costs every ``tools/convert.py`` run ~2 ms; here it is imported only for a file over the limit.)"""
-
-    def __init__(self, limit: int):
-        self.limit, self.size, self.chunks, self.file = limit, 0, [], None
-
-    def write(self, data: bytes) -> None:
-        if self.file is None:
-            self.chunks.append(data)
-            self.size += len(data)
-            if self.size > self.limit:
-                import tempfile
-
-                self.file = tempfile.TemporaryFile("w+b")
-                self.file.writelines(self.chunks)
-                self.chunks = []
-        else:
-            self.file.write(data)
-
-    def copy_to(self, out) -> None:
-        if self.file is None:
-            out.writelines(self.chunks)
-            return
-        self.file.seek(0)
-        while True:
-            block = self.file.read(1 << 20)
-            if not block:
-                break
-            out.write(block)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.file is not None:
-            self.file.close()
-
-
 def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path, *,
                      image_root=None, info: Optional[dict] = None,
                      keypoint_names: Optional[Sequence[str]] = None,
@@ -899,7 +861,7 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
         images_chunk.clear()
         anns_chunk.clear()
 
-    with opened as out, _Spool(_SPOOL_MEMORY) as spool:
+    with opened as out, tempfile.SpooledTemporaryFile(_SPOOL_MEMORY, "w+b") as spool:
         out.write(dumps_json(head)[:-1] + b',"images":[')
         for index, rec in enumerate(records, 1):
             has_size = "height" in rec and "width" in rec
@@ -943,7 +905,8 @@ def export_coco_json(records: Iterable[dict], thing_classes: Sequence[str], path
                 flush(out, spool)
         flush(out, spool)
         out.write(b'],"annotations":[')
-        spool.copy_to(out)
+        spool.seek(0)
+        shutil.copyfileobj(spool, out)
         out.write(b"]")
         if missing_sizes:
             d2ext_key["image_sizes"] = False
